@@ -1,0 +1,425 @@
+"""One pydantic schema for an experiment, loaded from YAML with dotted command-line overrides.
+
+An experiment has eight sections (world, data, model, train, dpo, eval, tracking, sweep) plus a
+top-level ``seed`` and ``preset`` name. Presets live in ``experiments/*.yaml``; ``load_config`` reads
+one (by path or by preset name), applies ``--set key=value`` overrides and validates the result.
+
+Every rejection is a :class:`ConfigError` whose message names the dotted key, the offending value and
+what is allowed; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = REPO_ROOT / "experiments"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes: "100k", "2M", "100000", 100000, "1.5M"
+# --------------------------------------------------------------------------------------------------
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*$")
+_SIZE_MULT = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def parse_size(value: Any) -> int:
+    """Parse a data size: ``100k`` → 100000, ``2M`` → 2000000, ``100000`` → 100000."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 100k, 2M or 100000, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected a whole number of items, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            n = float(m.group(1)) * _SIZE_MULT[m.group(2).lower()]
+            if n.is_integer():
+                return int(n)
+    raise ValueError(f"expected a size like 100k, 2M or 100000, got {value!r}")
+
+
+def size_label(n: int) -> str:
+    """The nominal label of a size: 100000 → '100K', 2000000 → '2M', 1500 → '1.5K'."""
+    for div, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if n >= div:
+            v = n / div
+            return (f"{v:.0f}" if v.is_integer() else f"{v:g}") + suffix
+    return str(n)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+class WorldConfig(_Section):
+    """Which world the pipeline runs in, and the toy world's complexity."""
+
+    kind: Literal["toy", "real"] = "toy"
+    seed: int = Field(0, ge=0, description="world seed: fixes the global held-out compositions")
+    n_classes: int = Field(12, ge=2, le=16, description="toy object classes (distinct silhouettes)")
+    n_colors: int = Field(10, ge=2, le=10, description="toy colours (GenEval's 10)")
+    max_objects: int = Field(5, ge=1, le=5, description="largest count per object")
+    n_relations: int = Field(4, ge=0, le=4, description="left of / right of / above / below")
+    n_backgrounds: int = Field(1, ge=1, le=8, description="background variants (1 = plain grey)")
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of compositions held out")
+    # real world
+    teacher: str | None = Field(None, description="diffusers pipeline path or hub id (real world)")
+    caption_file: str | None = Field(None, description="captions .txt/.csv/.jsonl (real world)")
+    teacher_steps: int = Field(25, ge=1)
+    teacher_guidance: float = Field(7.5, ge=0.0)
+
+
+class DataConfig(_Section):
+    """Dataset volume and caption diversity (independent knobs)."""
+
+    scale: int = Field(100_000, gt=0, description="nominal dataset size (100k … 2M)")
+    scale_divisor: int = Field(1, ge=1, description="actual size = scale / scale_divisor (smoke)")
+    caption_diversity: float = Field(1.0, ge=0.0, le=1.0, description="normalised diversity in [0,1]")
+    coverage: float | None = Field(None, gt=0.0, le=1.0, description="knob (a): compositional coverage")
+    variety: float | None = Field(None, ge=0.0, le=1.0, description="knob (b): linguistic variety")
+    density: float | None = Field(None, ge=0.0, le=1.0, description="knob (c): caption density")
+    resolution: int = Field(64, ge=32, le=1024)
+    seed: int = Field(0, ge=0, description="seed of the data stream (nested prefixes)")
+    storage: Literal["auto", "stream", "shards"] = "auto"
+    shard_size: int = Field(8192, ge=16)
+    diversity_subsample: int = Field(2000, ge=10, description="fixed subsample for diversity metrics")
+    cache_dir: str | None = Field(None, description="default: <root>/datasets")
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _scale(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @property
+    def actual_size(self) -> int:
+        return max(1, self.scale // self.scale_divisor)
+
+    @property
+    def scale_label(self) -> str:
+        return size_label(self.scale)
+
+
+class ModelConfig(_Section):
+    """The MAR student. ``size`` picks the architecture; explicit fields override it."""
+
+    size: Literal["tiny", "small", "L"] = "tiny"
+    tokenizer: Literal["patch", "vae"] = "patch"
+    patch_size: int = Field(4, ge=1)
+    vae: str | None = Field(None, description="AutoencoderKL path or hub id (tokenizer=vae)")
+    text_encoder: str = Field("toy", description="'toy' or a T5EncoderModel path/hub id")
+    text_encoder_mode: Literal["frozen", "trainable", "pretrained-toy"] = "trainable"
+    max_text_len: int = Field(32, ge=4, le=512)
+    width: int | None = Field(None, ge=16)
+    encoder_depth: int | None = Field(None, ge=1)
+    decoder_depth: int | None = Field(None, ge=1)
+    cross_depth: int | None = Field(None, ge=0)
+    heads: int | None = Field(None, ge=1)
+    aligner_depth: int | None = Field(None, ge=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    head_width: int | None = Field(None, ge=16, description="diffusion MLP width")
+    head_depth: int | None = Field(None, ge=1, description="diffusion MLP blocks")
+    diffusion_batch_mul: int = Field(4, ge=1)
+    mask_ratio_min: float = Field(0.7, ge=0.0, le=1.0)
+    mask_ratio_mean: float = Field(1.0, ge=0.0, le=2.0)
+    mask_ratio_std: float = Field(0.25, gt=0.0)
+    text_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    attn_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    proj_dropout: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    iterations: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.02, ge=0)
+    grad_clip: float = Field(3.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0.0, lt=1.0)
+    ema_warmup: bool = Field(True, description="decay ramps up as (1+s)/(10+s) until ema_decay")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = False
+    device: str = "auto"
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(0, ge=0)
+    num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {v}")
+        return v
+
+
+class DPOConfig(_Section):
+    beta: float = Field(5000.0, gt=0, description="DPO β (paper: 5000)")
+    lr: float = Field(1e-8, gt=0)
+    iterations: int = Field(500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    num_pairs: int = Field(1000, ge=1)
+    mode: Literal["dpo", "sft"] = "dpo"
+    pairs: str | None = Field(None, description="JSONL of pos_image_path/neg_image_path/caption")
+    base: str | None = Field(None, description="base checkpoint path or MLflow run id")
+
+
+class EvalConfig(_Section):
+    prompt_set: Literal["toy", "official"] = "toy"
+    n_prompts: int = Field(0, ge=0, description="toy prompts per task (0 = the set's default)")
+    images_per_prompt: int = Field(4, ge=1)
+    num_iter: int = Field(64, ge=1, description="unmasking steps")
+    diffusion_steps: int = Field(100, ge=1)
+    cfg: float = Field(4.0, ge=0.0)
+    cfg_schedule: Literal["constant", "linear"] = "constant"
+    temperature: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(64, ge=1)
+    detector: Literal["toy", "real"] = "toy"
+    segmenter: str | None = Field(None, description="Mask2Former path/hub id (real detector)")
+    clip: str | None = Field(None, description="CLIP path/hub id (real detector)")
+    bootstrap: int = Field(1000, ge=0)
+    checkpoints: list[float] = Field(default_factory=lambda: [1.0], description="fractions of training")
+    enabled: bool = True
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not (0.0 < f <= 1.0) for f in v):
+            raise ValueError(f"fractions must be in (0, 1], got {v}")
+        return sorted(set(v))
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment: str | None = None
+    root: str = Field("mlruns", description="where datasets, checkpoints and Optuna storage live")
+    log_system_metrics: bool = False
+
+
+class SweepConfig(_Section):
+    storage: str | None = Field(None, description="Optuna storage URL (default: journal under root)")
+    gpus: list[int] = Field(default_factory=list)
+    workers_per_gpu: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="worker processes when no GPU is used")
+
+
+class ExperimentConfig(_Section):
+    preset: str = "custom"
+    seed: int = Field(0, ge=0)
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExperimentConfig":
+        if self.model.tokenizer == "patch" and self.data.resolution % self.model.patch_size:
+            raise ValueError(
+                f"data.resolution={self.data.resolution} must be a multiple of "
+                f"model.patch_size={self.model.patch_size}"
+            )
+        return self
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """Every knob as ``{dotted.name: value}`` (the names MLflow params use)."""
+        return flatten(self.model_dump(mode="json"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def point_id(self, exclude: tuple[str, ...] = ("seed", "data.seed", "preset", "tracking.", "sweep.")) -> str:
+        """Hash of the resolved config without seeds and bookkeeping: a grid point's identity."""
+        items = {
+            k: v
+            for k, v in self.flat().items()
+            if not any(k == e or (e.endswith(".") and k.startswith(e)) for e in exclude)
+        }
+        blob = json.dumps(items, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def root_path(self) -> Path:
+        return Path(self.tracking.root)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+        typ = e["type"]
+        val = e.get("input")
+        if typ == "extra_forbidden":
+            section = ".".join(str(p) for p in e["loc"][:-1])
+            allowed = _allowed_keys(section)
+            lines.append(f"unknown key '{loc}' (value {val!r}); allowed keys here: {', '.join(allowed)}")
+            continue
+        msg = e["msg"]
+        ctx = e.get("ctx") or {}
+        if typ in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"} or "literal" in typ:
+            lines.append(f"{loc}: invalid value {val!r}: {msg}")
+        else:
+            lines.append(f"{loc}: invalid value {val!r}: {msg}" + (f" ({ctx})" if ctx and "error" not in ctx else ""))
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _allowed_keys(section: str) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in [p for p in section.split(".") if p]:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override value with YAML's safe scalar rules (``2000`` → int, ``[1,2]`` → list)."""
+    try:
+        return yaml.safe_load(text) if text.strip() != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (validation happens afterwards)."""
+    if not overrides:
+        return data
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        parts = key.split(".")
+        node = data
+        model: type[BaseModel] | None = ExperimentConfig
+        for i, part in enumerate(parts[:-1]):
+            field = model.model_fields.get(part) if model else None
+            if field is None:
+                raise ConfigError(
+                    f"unknown key '{'.'.join(parts[: i + 1])}' in override '{key}'; "
+                    f"allowed: {', '.join(sorted(model.model_fields)) if model else '-'}"
+                )
+            model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            if model is None:
+                raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is not a section; cannot set '{key}'")
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is not a section; cannot set '{key}'")
+        last = parts[-1]
+        if model is not None and last not in model.model_fields:
+            raise ConfigError(
+                f"unknown key '{key}' (value {value!r}); allowed keys in "
+                f"'{'.'.join(parts[:-1]) or '<top>'}': {', '.join(sorted(model.model_fields))}"
+            )
+        node[last] = _parse_scalar(value) if isinstance(value, str) else value
+    return data
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    return key, value
+
+
+def resolve_preset_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or a preset name looked up in ./experiments then the repository's experiments/."""
+    p = Path(name_or_path)
+    if p.suffix in {".yaml", ".yml"}:
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    for base in (Path.cwd() / "experiments", PRESET_DIR):
+        cand = base / f"{name_or_path}.yaml"
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"unknown preset '{name_or_path}'; available: {', '.join(available_presets())}")
+
+
+def available_presets() -> list[str]:
+    names = set()
+    for base in (Path.cwd() / "experiments", PRESET_DIR):
+        if base.is_dir():
+            names.update(p.stem for p in base.glob("*.yaml"))
+    return sorted(names)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)  # safe: no Python objects are ever constructed
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed YAML in {path}: {e}") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """Load a preset name, a YAML path or a dict, apply dotted overrides, validate."""
+    if source is None:
+        data: dict[str, Any] = {}
+        name = "custom"
+    elif isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+        name = data.get("preset", "custom")
+    else:
+        path = resolve_preset_path(source)
+        data = read_yaml(path)
+        name = data.get("preset", path.stem)
+    data.setdefault("preset", name)
+    data = apply_overrides(data, overrides)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, data)) from None
