@@ -48,6 +48,14 @@ def resolve_tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (database creation/migration) are noise on a terminal."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def configure(tracking_uri: str | None = None) -> str:
     import mlflow
 
@@ -81,6 +89,7 @@ def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Create the experiment once (before spawning workers: concurrent creation races)."""
     from mlflow.tracking import MlflowClient
 
+    quiet_mlflow()
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -1,0 +1,216 @@
+"""One trial of a sweep: dataset → pre-train (or DPO from a shared base) → GenEval → MLflow.
+
+``run_trial`` is what a sweep worker calls for each job. It opens the trial's MLflow child run (nested
+under the sweep's parent run), logs the dataset's measured diversity, trains with checkpoints keyed by
+(point, seed) so a retried job resumes where the killed one stopped, scores GenEval and logs it.
+``run_experiment`` is the same pipeline for a single ``lightgen train`` outside a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lightgen.config import ExperimentConfig
+from lightgen.tracking import (
+    TAG_BASE_RUN,
+    TAG_STUDY,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    Tracker,
+    tracked_run,
+)
+
+GRID_PROMPTS = 8  # sample grids: the same first prompts × seed 0 in every run of a sweep
+
+
+class PermanentTrialError(RuntimeError):
+    """A failure that a retry cannot fix (NaN loss, bad input): the job is not retried."""
+
+
+def checkpoint_dir(cfg: ExperimentConfig, point_id: str, seed: int) -> Path:
+    return Path(cfg.tracking.root) / "checkpoints" / point_id / f"seed{seed}"
+
+
+def make_world(cfg: ExperimentConfig) -> Any:
+    if cfg.world.kind != "toy":
+        return None
+    from lightgen.world.toy import ToyWorld
+
+    return ToyWorld(cfg.world)
+
+
+def log_dataset(tracker: Tracker, ds: Any, cfg: ExperimentConfig) -> None:
+    """Measured diversity as data/… metrics, the manifest as an artifact and an MLflow dataset input."""
+    tracker.log_metrics({f"data/{k}": float(v) for k, v in ds.diversity.items() if _finite(v)}, step=0)
+    tracker.log_dict(ds.manifest, "data/manifest.json")
+    try:
+        from mlflow.entities import Dataset as MlflowDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        name = f"{cfg.world.kind}-{cfg.data.scale_label}-div{cfg.data.caption_diversity}-s{cfg.data.seed}"
+        dataset = MlflowDataset(
+            name=name,
+            digest=ds.manifest_hash[:36],
+            source_type="local",
+            source=json.dumps({"path": str(getattr(ds, "path", "") or "stream"), "actual_size": len(ds)}),
+            profile=json.dumps({"num_rows": len(ds)}),
+        )
+        tracker.client.log_inputs(tracker.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "train")])])
+    except Exception:  # noqa: BLE001 - the dataset input is a convenience, never fatal
+        pass
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def evaluate(cfg: ExperimentConfig, world: Any, sampler: Callable, out_dir: Path, tracker: Tracker | None,
+             step: int, prefix: str = "geneval") -> dict[str, float]:
+    """GenEval with the run's sampler; metrics logged at ``step``; results.jsonl as an artifact."""
+    from lightgen.geneval import run_geneval
+
+    summary, results_path = run_geneval(cfg, world, sampler, out_dir)
+    if prefix != "geneval":
+        summary = {k.replace("geneval", prefix, 1): v for k, v in summary.items()}
+    if tracker is not None:
+        tracker.log_metrics(summary, step=step)
+        tracker.log_artifact(results_path, prefix if step is None else f"{prefix}")
+        tracker.flush()
+    return summary
+
+
+def log_sample_grid(cfg: ExperimentConfig, world: Any, sampler: Callable, tracker: Tracker, step: int) -> None:
+    from lightgen.geneval import prompt_set
+    from lightgen.utils import image_grid_png
+
+    prompts = [m["prompt"] for m in prompt_set(cfg, world)[:GRID_PROMPTS]]
+    images = sampler(prompts, [0] * len(prompts))
+    from PIL import Image
+    import io
+
+    png = image_grid_png(images, prompts, ncol=4)
+    tracker.log_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), f"samples/grid_step{step:07d}.png")
+
+
+def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, *, mode: str = "train",
+                       base: str | None = None) -> dict[str, float]:
+    """The pipeline of one run. Returns the final GenEval summary."""
+    from lightgen.data import get_dataset
+
+    t0 = time.time()
+    world = make_world(cfg)
+    ds = get_dataset(cfg, progress=False)
+    log_dataset(tracker, ds, cfg)
+    eval_root = Path(cfg.tracking.root) / "geneval" / tracker.run_id
+    summaries: dict[int, dict[str, float]] = {}
+
+    if mode == "dpo":
+        from lightgen.train.dpo import dpo_train, load_base_sampler
+
+        if base is None:
+            raise ValueError("dpo mode needs a base checkpoint")
+        before = evaluate(cfg, world, load_base_sampler(base, cfg), eval_root / "before", tracker, 0,
+                          prefix="geneval_before")
+        result = dpo_train(cfg, base, ds, ckpt_dir, tracker=tracker)
+    else:
+        from lightgen.train.pretrain import train
+
+        hook = None
+        if mode == "iterations" or cfg.eval.checkpoints != [1.0]:
+            def hook(step: int, sampler: Callable) -> None:
+                summaries[step] = evaluate(cfg, world, sampler, eval_root / f"step{step:07d}", tracker, step)
+                log_sample_grid(cfg, world, sampler, tracker, step)
+
+        result = train(cfg, ds, ckpt_dir, tracker=tracker, eval_hook=hook)
+    if result.step in summaries:
+        final = summaries[result.step]
+    else:
+        final = evaluate(cfg, world, result.sampler, eval_root / "final", tracker, result.step)
+        log_sample_grid(cfg, world, result.sampler, tracker, result.step)
+    tracker.log_metrics({"compute/wall_seconds": time.time() - t0}, step=result.step)
+    tracker.flush(synchronous=True)
+    return final
+
+
+def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str, tracking_uri: str,
+              trial: Any) -> float:
+    """The sweep's default runner (see ``lightgen.sweep.worker_loop``)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.tracking.tracking_uri = tracking_uri
+    tags = {
+        TAG_SWEEP: plan.sweep.name,
+        TAG_STUDY: plan.study_name,
+        TAG_TRIAL: trial.number,
+        "lightgen.point_label": job.point.label,
+        "lightgen.arm": job.point.arm,
+        "lightgen.job": job.key,
+        "lightgen.attempt": trial.user_attrs.get("attempt", 1),
+    }
+    base = None
+    if plan.sweep.mode == "dpo":
+        base, base_run = ensure_base_checkpoint(plan, parent_run_id, tracking_uri)
+        tags[TAG_BASE_RUN] = base_run
+    ckpt_dir = checkpoint_dir(cfg, job.point.point_id, job.seed)
+    with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
+                     parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
+        trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        tracker.log_params({"lightgen.point_label": job.point.label, "lightgen.arm": job.point.arm,
+                            "lightgen.sweep": plan.sweep.name, **({"dpo.base_run_id": base_run} if base else {})})
+        try:
+            summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode=plan.sweep.mode, base=base)
+        except FloatingPointError as e:  # NaN/inf loss: deterministic, do not retry
+            trial.set_user_attr("lightgen.permanent", True)
+            trial.set_user_attr("lightgen.failure", str(e)[:1000])
+            raise
+        except Exception as e:
+            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            raise
+    value = summary.get(plan.sweep.objective)
+    if value is None:
+        raise KeyError(f"objective {plan.sweep.objective!r} not among the logged metrics {sorted(summary)}")
+    return float(value)
+
+
+def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> tuple[str, str]:
+    """Train the sweep's one shared base model once (file-locked across workers); reuse it afterwards."""
+    from lightgen.sweep import file_lock
+
+    cfg = plan.base_config.model_copy(deep=True)
+    cfg.tracking.tracking_uri = tracking_uri
+    pid = cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
+    ckpt_dir = Path(cfg.tracking.root) / "checkpoints" / f"base-{pid}" / f"seed{cfg.seed}"
+    done = ckpt_dir / "BASE_DONE.json"
+    with file_lock(ckpt_dir.parent / "base.lock"):
+        if done.is_file():
+            info = json.loads(done.read_text())
+            return info["checkpoint"], info["run_id"]
+        with tracked_run(cfg, experiment=plan.experiment_name, run_name="base model",
+                         parent_run_id=parent_run_id, kind="base",
+                         tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name}) as tracker:
+            train_and_evaluate(cfg, tracker, ckpt_dir, mode="train")
+            from lightgen.train.pretrain import latest_checkpoint
+
+            ckpt = str(latest_checkpoint(ckpt_dir))
+            run_id = tracker.run_id
+        from lightgen.utils import write_atomic
+
+        write_atomic(done, json.dumps({"checkpoint": ckpt, "run_id": run_id}))
+        return ckpt, run_id
+
+
+def run_experiment(cfg: ExperimentConfig, *, experiment: str | None = None, run_name: str | None = None) -> dict[str, float]:
+    """`lightgen train CONFIG`: one tracked run outside a sweep (resumes from its checkpoint folder)."""
+    ckpt_dir = checkpoint_dir(cfg, cfg.point_id(), cfg.seed)
+    with tracked_run(cfg, experiment=experiment or cfg.tracking.experiment or "lightgen/train",
+                     run_name=run_name, kind="train") as tracker:
+        summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode="train")
+    return summary
