@@ -16,6 +16,7 @@ The naming contract (tags ``lightgen.point_id``, ``lightgen.seed``, ``lightgen.s
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,8 @@ class RunSource:
             if missing:
                 notes.append(f"{len(missing)} run(s) have no per-image results in the bundle")
             return r.reset_index(drop=True), notes
+        # MLflow draws a progress bar per download on stderr; one per run drowns the scripts' messages
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         records: dict[str, list[dict[str, Any]]] = {}
         missing = []
         with tempfile.TemporaryDirectory(prefix="lightgen-results-") as tmp:
@@ -263,7 +266,7 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
         df = df[df["sweep"] == sweep]
         if df.empty:
             known = sorted(set(_annotate(raw)["sweep"].dropna()))
-            raise NoData(f"no runs of sweep '{sweep}' in {source.description}; sweeps found: "
+            raise UserError(f"no runs of sweep '{sweep}' in {source.description}; sweeps found: "
                          f"{', '.join(known) or '(none)'}")
     parents = df[df["kind"] == "sweep"].reset_index(drop=True)
     trials = df[df["kind"] != "sweep"]
@@ -281,7 +284,7 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
         notes.append(f"{n_dup} duplicate finished run(s) of the same (point, seed) ignored; the latest is kept")
     others = trials[trials["status"] != "FINISHED"]
     done = set(zip(kept["point_id"], kept["seed"]))
-    open_ = others[[(p, s) not in done for p, s in zip(others["point_id"], others["seed"])]]
+    open_ = others[np.array([(p, s) not in done for p, s in zip(others["point_id"], others["seed"])], dtype=bool)]
     for status, grp in open_.groupby("status"):
         partial = True
         notes.append(f"{len(grp)} {status} trial run(s) without a finished replacement are left out")
