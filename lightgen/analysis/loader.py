@@ -72,6 +72,14 @@ class SweepData:
             self._history[prefix] = self.source.history(list(self.runs["run_id"]), keys)
         return self._history[prefix]
 
+    def subset(self, sweep: str) -> "SweepData":
+        """The runs of one sweep only (figures never mix points of different sweeps)."""
+        runs = self.runs[self.runs["sweep"] == sweep].reset_index(drop=True)
+        parents = self.parents[self.parents["sweep"] == sweep].reset_index(drop=True)
+        res = None if self._results is None else self._results[self._results["run_id"].isin(runs["run_id"])]
+        return SweepData(runs=runs, parents=parents, source=self.source, notes=self.notes,
+                         partial=self.partial, _results=res)
+
     def parent_run_id(self, sweep: str | None = None) -> str | None:
         """The newest parent run of ``sweep`` (or of the only sweep loaded), if the source is MLflow."""
         if self.parents.empty or self.source.client is None:
