@@ -242,11 +242,16 @@ def plot_dpo_beta(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFram
                 if arm == "SFT" and sd > 0:
                     ax.axhspan(mean - sd, mean + sd, color="C1", alpha=0.15)
         ax.set_xscale("log")
+        betas = sorted(pd.to_numeric(dpo["dpo.beta"], errors="coerce").dropna().unique())
+        ax.set_xticks(betas)
+        ax.set_xticklabels([f"{b:g}" for b in betas])
+        ax.minorticks_off()
         ax.set_xlabel("DPO β")
         ax.set_ylabel("GenEval")
         ax.set_title(m)
         ax.legend(fontsize="small")
     fig.suptitle("DPO: GenEval vs β (mean ± s.d. over seeds)", y=1.03)
+    fig.tight_layout()
     return _finish(df, fig, out_dir, "dpo_beta", formats)
 
 

@@ -134,6 +134,8 @@ def paired_test(a: pd.DataFrame, b: pd.DataFrame, n_resamples: int = 9999, seed:
     nz = d != 0
     if not nz.any():
         return PairedResult(diff, 1.0, len(shared), 0, True)
+    if nz.sum() == 1:  # both sign patterns are equally extreme
+        return PairedResult(diff, 1.0, len(shared), 1, True)
     dn, wn = d[nz], w[nz]
     res = sps.permutation_test(
         (dn,), lambda x, axis: np.sum(x * wn, axis=axis), permutation_type="samples", vectorized=True,
