@@ -1,0 +1,274 @@
+"""The paper's Fig. 6 curves and the diversity / DPO plots, from loaded runs.
+
+Every ``plot_*`` function takes a :class:`~lightgen.analysis.loader.SweepData`, draws one figure in the
+studio's style (seaborn, mean ± s.d. over seeds), writes it as PNG and PDF under ``out_dir`` (when given)
+and returns the long DataFrame it plotted (one row per run, or per run and step), so tests can check
+the data rather than pixels. ``df.attrs["files"]`` lists the files written. A plot whose data is absent
+from the selection returns an empty frame and ``df.attrs["skipped"]`` says why.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from lightgen.analysis.loader import SweepData, param_values  # noqa: E402
+from lightgen.analysis.tables import TASK_LABELS  # noqa: E402
+from lightgen.config import size_label  # noqa: E402
+from lightgen.tracking import GENEVAL_TASKS  # noqa: E402
+from lightgen.utils import write_atomic  # noqa: E402
+
+ERRORBAR = "sd"  # error bars: standard deviation over seeds
+METRIC_LABELS = {"overall": "Overall", **TASK_LABELS}
+DIVERSITY_KNOBS = ["data.caption_diversity", "data.coverage", "data.variety", "data.density"]
+FORMATS = ("png", "pdf")
+
+
+def set_style() -> None:
+    """One look for every figure of the studio."""
+    sns.set_theme(style="whitegrid", context="paper", palette="colorblind", font_scale=1.1)
+
+
+def _skip(reason: str) -> pd.DataFrame:
+    df = pd.DataFrame()
+    df.attrs.update(skipped=reason, files=[])
+    return df
+
+
+def _save(fig: plt.Figure, out_dir: str | Path | None, name: str, formats: Iterable[str]) -> list[Path]:
+    files = []
+    if out_dir is not None:
+        for fmt in formats:
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=150)
+            files.append(write_atomic(Path(out_dir) / f"{name}.{fmt}", buf.getvalue()))
+    plt.close(fig)
+    return files
+
+
+def _finish(df: pd.DataFrame, fig, out_dir, name: str, formats) -> pd.DataFrame:
+    if hasattr(fig, "figure") and not isinstance(fig, plt.Figure):
+        fig = fig.figure
+    df = df.reset_index(drop=True)
+    df.attrs.update(files=_save(fig, out_dir, name, formats), skipped=None)
+    return df
+
+
+def run_scores(data: SweepData, metrics: Iterable[str] = ("overall",), prefix: str = "geneval") -> pd.DataFrame:
+    """Long table: one row per (run, metric) with the run's point, seed and knob values."""
+    runs = data.runs
+    base = pd.DataFrame({"run_id": runs["run_id"], "point_id": runs["point_id"], "seed": runs["seed"],
+                         "sweep": runs["sweep"]})
+    for k in ("data.scale", "data.scale_label", "train.iterations", "train.batch_size", "dpo.beta",
+              "dpo.mode", *DIVERSITY_KNOBS):
+        base[k] = param_values(runs, k).to_numpy()
+    for c in runs.columns:
+        if c.startswith("metrics.compute/") or c.startswith("metrics.data/"):
+            base[c[len("metrics."):]] = runs[c].astype(float).to_numpy()
+    parts = []
+    for m in metrics:
+        col = f"metrics.{prefix}/{m}"
+        if col in runs.columns:
+            parts.append(base.assign(metric=METRIC_LABELS.get(m, m), value=runs[col].astype(float).to_numpy()))
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True).dropna(subset=["value"])
+
+
+def _scale_ticks(ax, df: pd.DataFrame) -> None:
+    scales = sorted(df["data.scale"].dropna().unique())
+    ax.set_xscale("log")
+    ax.set_xticks(scales)
+    ax.set_xticklabels([size_label(int(s)) for s in scales])
+    ax.minorticks_off()
+
+
+def plot_vs_scale(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """Fig. 6a: GenEval overall and per task vs nominal data scale (log x, labels 100K…2M)."""
+    df = run_scores(data, ("overall", *GENEVAL_TASKS))
+    if df.empty or df["data.scale"].nunique() < 2:
+        return _skip("needs runs at two or more data scales")
+    set_style()
+    g = sns.relplot(data=df, x="data.scale", y="value", col="metric", col_wrap=4, kind="line", marker="o",
+                    errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
+    for ax in g.axes.flat:
+        _scale_ticks(ax, df)
+    g.set_axis_labels("data scale (nominal)", "GenEval")
+    g.set_titles("{col_name}")
+    g.figure.suptitle("GenEval vs data scale (mean ± s.d. over seeds)", y=1.02)
+    return _finish(df, g.figure, out_dir, "fig6a_scale", formats)
+
+
+def plot_vs_samples_seen(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """Fig. 6a, iso-compute view: GenEval overall vs samples seen, one colour per data scale."""
+    df = run_scores(data, ("overall",))
+    if df.empty or "compute/samples_seen" not in df.columns or df["compute/samples_seen"].isna().all():
+        return _skip("needs the compute/samples_seen metric")
+    if df["data.scale"].nunique() < 2 and df["compute/samples_seen"].nunique() < 2:
+        return _skip("needs runs at two or more data scales or compute budgets")
+    df = df.assign(scale=df["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?"))
+    set_style()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    sns.lineplot(data=df, x="compute/samples_seen", y="value", hue="scale", marker="o", errorbar=ERRORBAR,
+                 err_style="bars", ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("samples seen (iterations × batch)")
+    ax.set_ylabel("GenEval overall")
+    ax.set_title("GenEval vs samples seen (iso-compute view)")
+    return _finish(df, fig, out_dir, "fig6a_samples_seen", formats)
+
+
+def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """Fig. 6b: GenEval vs training iterations (step-indexed metrics, else final metrics per run)."""
+    hist = data.history("geneval/")
+    hist = hist[hist["key"].isin([f"geneval/{m}" for m in ("overall", *GENEVAL_TASKS)])]
+    if not hist.empty and hist["step"].nunique() >= 2:
+        seeds = data.runs.set_index("run_id")["seed"]
+        df = hist.assign(seed=hist["run_id"].map(seeds),
+                         metric=hist["key"].str.slice(len("geneval/")).map(lambda m: METRIC_LABELS.get(m, m)),
+                         iteration=hist["step"])[["run_id", "seed", "metric", "iteration", "value"]]
+    else:
+        df = run_scores(data, ("overall", *GENEVAL_TASKS))
+        if df.empty or df["train.iterations"].nunique() < 2:
+            return _skip("needs step-indexed GenEval metrics or runs with two or more iteration counts")
+        df = df.rename(columns={"train.iterations": "iteration"})
+    set_style()
+    g = sns.relplot(data=df, x="iteration", y="value", col="metric", col_wrap=4, kind="line", marker="o",
+                    errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
+    g.set_axis_labels("training iterations", "GenEval")
+    g.set_titles("{col_name}")
+    g.figure.suptitle("GenEval vs training iterations (mean ± s.d. over seeds)", y=1.02)
+    return _finish(df, g.figure, out_dir, "fig6b_iterations", formats)
+
+
+def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """GenEval overall vs each diversity knob that varies in the selection (at fixed volume per line)."""
+    df = run_scores(data, ("overall",))
+    knobs = [k for k in DIVERSITY_KNOBS if not df.empty and pd.to_numeric(df[k], errors="coerce").nunique() >= 2]
+    if not knobs:
+        return _skip("needs runs at two or more values of a diversity knob")
+    long = pd.concat([df.assign(knob=k.split(".")[1], knob_value=pd.to_numeric(df[k], errors="coerce"))
+                      for k in knobs], ignore_index=True).dropna(subset=["knob_value"])
+    long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    set_style()
+    g = sns.relplot(data=long, x="knob_value", y="value", col="knob", hue="scale", kind="line", marker="o",
+                    errorbar=ERRORBAR, height=2.8, aspect=1.1, facet_kws={"sharex": False})
+    g.set_axis_labels("knob value", "GenEval overall")
+    g.set_titles("{col_name}")
+    g.figure.suptitle("GenEval vs caption-diversity knobs (one line per data scale)", y=1.04)
+    return _finish(long, g.figure, out_dir, "diversity_knobs", formats)
+
+
+def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
+                               metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """GenEval overall vs each measured diversity metric (``data/…``) of the training set."""
+    df = run_scores(data, ("overall",))
+    cols = [c for c in df.columns if c.startswith("data/")] if not df.empty else []
+    if metrics is not None:
+        cols = [c for c in cols if c[len("data/"):] in set(metrics)]
+    cols = [c for c in cols if df[c].nunique() >= 2]
+    if not cols:
+        return _skip("needs a data/<diversity metric> that varies across runs")
+    long = pd.concat([df.assign(measure=c[len("data/"):], measured=df[c]) for c in cols], ignore_index=True)
+    long = long.dropna(subset=["measured"])
+    long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    set_style()
+    g = sns.relplot(data=long, x="measured", y="value", col="measure", col_wrap=4, hue="scale", kind="scatter",
+                    height=2.6, aspect=1.1, facet_kws={"sharex": False})
+    g.set_axis_labels("measured diversity", "GenEval overall")
+    g.set_titles("{col_name}")
+    g.figure.suptitle("GenEval vs measured diversity of the training captions", y=1.04)
+    return _finish(long, g.figure, out_dir, "diversity_measured", formats)
+
+
+def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """Mean GenEval overall on the data scale × caption diversity grid: does diversity beat volume?"""
+    df = run_scores(data, ("overall",))
+    if df.empty:
+        return _skip("no GenEval scores")
+    div = pd.to_numeric(df["data.caption_diversity"], errors="coerce")
+    if df["data.scale"].nunique() < 2 or div.nunique() < 2:
+        return _skip("needs a grid with two or more data scales and two or more caption diversities")
+    grid = (df.assign(diversity=div).groupby(["data.scale", "diversity"])["value"]
+            .agg(["mean", "std", "count"]).reset_index())
+    pivot = grid.pivot(index="data.scale", columns="diversity", values="mean").sort_index(ascending=False)
+    pivot.index = [size_label(int(s)) for s in pivot.index]
+    set_style()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 1.0 + 0.6 * pivot.shape[0]))
+    sns.heatmap(pivot, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                cbar_kws={"label": "GenEval overall (mean over seeds)"})
+    ax.set_xlabel("caption diversity")
+    ax.set_ylabel("data scale")
+    ax.set_title("Scale × diversity")
+    return _finish(grid, fig, out_dir, "scale_diversity_heatmap", formats)
+
+
+def plot_dpo_beta(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+    """GenEval (overall, position, counting) vs DPO β, with the SFT arm and the pre-DPO model as lines."""
+    df = run_scores(data, ("overall", "position", "counting"))
+    if df.empty or df["dpo.beta"].isna().all():
+        return _skip("needs DPO runs (dpo.beta)")
+    dpo = df[df["dpo.mode"] != "sft"]
+    n_beta = pd.to_numeric(dpo["dpo.beta"], errors="coerce").nunique()
+    if dpo.empty or not (n_beta >= 2 or (n_beta == 1 and (df["dpo.mode"] == "sft").any())):
+        # every run logs a dpo.beta param; only a β sweep or a DPO-vs-SFT comparison is a DPO figure
+        return _skip("needs DPO runs at two or more β, or DPO runs beside an SFT arm")
+    before = run_scores(data, ("overall", "position", "counting"), prefix="geneval_before")
+    sft = df[df["dpo.mode"] == "sft"]
+    df = pd.concat([dpo.assign(arm="DPO"), sft.assign(arm="SFT"),
+                    before.assign(arm="before") if not before.empty else None], ignore_index=True)
+    set_style()
+    metrics = list(dict.fromkeys(df["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.0), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        d = df[(df["metric"] == m) & (df["arm"] == "DPO")]
+        sns.lineplot(data=d, x="dpo.beta", y="value", marker="o", errorbar=ERRORBAR, err_style="bars", ax=ax,
+                     label="DPO")
+        for arm, style in (("SFT", "-"), ("before", ":")):
+            ref = df[(df["metric"] == m) & (df["arm"] == arm)]["value"]
+            if len(ref):
+                mean, sd = ref.mean(), ref.std(ddof=1) if len(ref) > 1 else 0.0
+                ax.axhline(mean, ls=style, color="grey" if arm == "before" else "C1",
+                           label="SFT control" if arm == "SFT" else "before DPO")
+                if arm == "SFT" and sd > 0:
+                    ax.axhspan(mean - sd, mean + sd, color="C1", alpha=0.15)
+        ax.set_xscale("log")
+        betas = sorted(pd.to_numeric(dpo["dpo.beta"], errors="coerce").dropna().unique())
+        ax.set_xticks(betas)
+        ax.set_xticklabels([f"{b:g}" for b in betas])
+        ax.minorticks_off()
+        ax.set_xlabel("DPO β")
+        ax.set_ylabel("GenEval")
+        ax.set_title(m)
+        ax.legend(fontsize="small")
+    fig.suptitle("DPO: GenEval vs β (mean ± s.d. over seeds)", y=1.03)
+    fig.tight_layout()
+    return _finish(df, fig, out_dir, "dpo_beta", formats)
+
+
+ALL_PLOTS = {
+    "scale": plot_vs_scale,
+    "samples_seen": plot_vs_samples_seen,
+    "iterations": plot_vs_iterations,
+    "diversity_knobs": plot_vs_diversity_knobs,
+    "diversity_measured": plot_vs_measured_diversity,
+    "heatmap": plot_scale_diversity_heatmap,
+    "dpo": plot_dpo_beta,
+}
+
+
+def mean_by(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and s.d. over seeds of ``value`` per ``keys``: the numbers behind the drawn points."""
+    return df.groupby(keys, dropna=False)["value"].agg(mean="mean", sd="std", n="count").reset_index()
+
+
+__all__ = ["ALL_PLOTS", "mean_by", "run_scores", "set_style", *[f.__name__ for f in ALL_PLOTS.values()]]

@@ -1,0 +1,512 @@
+"""The paper's GenEval tables (1–3) and per-sweep ablation tables, built from loaded runs.
+
+A table is a :class:`Table`: a title, notes (world, prompt set, provenance, what was left out), and
+blocks of rows. Paper rows and studio rows are always in separate blocks; studio rows are grouped by
+(world, prompt set), and a block scored anywhere but the real world on the official prompts is labelled
+as not comparable. Bold marks the best value per column *within a block*. :func:`render` writes
+Markdown, LaTeX or CSV.
+
+Cells of studio rows are the means over seeds of the logged ``geneval/…`` metrics; the CI comes from a
+hierarchical bootstrap over the per-image results (seeds, then prompts) when they were logged, else from
+a bootstrap over the seeds' logged scores (several seeds), else the run's own logged CI (one seed).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from lightgen.analysis import stats
+from lightgen.analysis.loader import SweepData, param_values
+from lightgen.cliutil import UserError
+from lightgen.config import size_label
+from lightgen.tracking import GENEVAL_TASKS
+
+PAPER_CITATION = ("Wu et al., \"LightGen: Efficient Image Generation through Knowledge Distillation and "
+                  "Direct Preference Optimization\", arXiv:2503.08619 (2025)")
+TASK_LABELS = {"single_object": "Single Obj.", "two_object": "Two Obj.", "colors": "Colors",
+               "counting": "Counting", "position": "Position", "color_attr": "Color Attri."}
+PAPER_TASK_ORDER = ["single_object", "two_object", "colors", "counting", "position", "color_attr"]
+SCORE_COLUMNS = [TASK_LABELS[t] for t in PAPER_TASK_ORDER] + ["Overall"]
+PAPER_COLUMNS = ["Model", "#Params", "Pre-train Data"] + SCORE_COLUMNS + ["CI (95%)", "World", "Prompt set", "Seeds"]
+TABLE_TITLES = {1: "Table 1: GenEval at 256×256", 2: "Table 2: GenEval at 512×512",
+                3: "Table 3: GenEval as reported"}
+TABLE_RESOLUTION = {1: 256, 2: 512}
+# Knobs that distinguish the points of a sweep, in the order rows are sorted by.
+KNOBS = ["model.size", "data.resolution", "data.scale", "data.caption_diversity", "data.coverage",
+         "data.variety", "data.density", "train.iterations", "train.batch_size", "dpo.mode", "dpo.beta"]
+KNOB_LABELS = {"data.scale": "Scale", "data.caption_diversity": "Diversity", "data.coverage": "Coverage",
+               "data.variety": "Variety", "data.density": "Density", "train.iterations": "Iterations",
+               "train.batch_size": "Batch", "dpo.mode": "Mode", "dpo.beta": "β", "model.size": "Model",
+               "data.resolution": "Res."}
+
+
+@dataclass
+class Block:
+    label: str
+    rows: pd.DataFrame
+    bold: bool = True          # mark the best per numeric column
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    blocks: list[Block]
+    notes: list[str] = field(default_factory=list)
+    partial: bool = False
+    numeric: list[str] = field(default_factory=list)   # columns eligible for bold
+    name: str = "table"
+
+    def frame(self) -> pd.DataFrame:
+        """All rows with a ``block`` column (the CSV layout)."""
+        parts = [b.rows.assign(block=b.label) for b in self.blocks if len(b.rows)]
+        if not parts:
+            return pd.DataFrame(columns=["block"] + self.columns)
+        return pd.concat(parts, ignore_index=True)[["block"] + self.columns]
+
+
+# --------------------------------------------------------------------------------------------------
+# Paper rows
+# --------------------------------------------------------------------------------------------------
+def paper_rows(table: int) -> pd.DataFrame:
+    """The paper's rows of Table ``table`` (1, 2 or 3), from the project's copy of the published numbers."""
+    text = resources.files("lightgen.analysis").joinpath("paper_tables.csv").read_text()
+    df = pd.read_csv(io.StringIO(text), dtype={"table": int, "resolution": str})
+    df = df[df["table"] == table]
+    out = pd.DataFrame({
+        "Model": df["model"], "#Params": df["params"], "Pre-train Data": df["pretrain_data"],
+        **{TASK_LABELS[t]: df[t] for t in PAPER_TASK_ORDER}, "Overall": df["overall"],
+        "CI (95%)": "not reported", "World": "real", "Prompt set": "official", "Seeds": "",
+    })
+    return out.reset_index(drop=True)
+
+
+def paper_notes(table: int) -> list[tuple[str, str]]:
+    """(model, remark) pairs attached to the paper's rows in the project's copy (e.g. swapped columns)."""
+    text = resources.files("lightgen.analysis").joinpath("paper_tables.csv").read_text()
+    df = pd.read_csv(io.StringIO(text), dtype={"table": int, "resolution": str, "note": str})
+    df = df[(df["table"] == table) & df["note"].notna()]
+    return list(zip(df["model"], df["note"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Studio points
+# --------------------------------------------------------------------------------------------------
+def _metric(runs: pd.DataFrame, key: str) -> pd.Series:
+    col = f"metrics.{key}"
+    return runs[col].astype(float) if col in runs.columns else pd.Series(np.nan, index=runs.index)
+
+
+def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per point: knob values, mean scores over seeds, CI, compute and a display label."""
+    runs = data.runs
+    results = data.prompt_results()
+    rows = []
+    for pid, grp in runs.groupby("point_id", sort=False):
+        first = grp.iloc[0]
+        row: dict = {"point_id": pid, "sweep": first["sweep"], "world": first["world"],
+                     "prompt_set": first["prompt_set"], "seeds": int(grp["seed"].nunique()),
+                     "run_ids": list(grp["run_id"])}
+        for k in KNOBS:
+            v = param_values(runs, k).loc[grp.index]
+            row[k] = v.iloc[0] if v.notna().any() else None
+        row["data.scale_label"] = grp.get("params.data.scale_label", pd.Series([None])).iloc[0]
+        row["data.actual_size"] = pd.to_numeric(grp.get("params.data.actual_size", pd.Series([None])),
+                                                errors="coerce").iloc[0]
+        for prefix in ("geneval", "geneval_seen", "geneval_unseen", "geneval_before"):
+            for t in (*GENEVAL_TASKS, "overall"):
+                row[f"{prefix}/{t}"] = _metric(grp, f"{prefix}/{t}").mean()
+        for k in ("compute/samples_seen", "compute/epochs", "compute/train_flops", "compute/device_hours",
+                  "model/params", "model/n_params"):
+            row[k] = _metric(grp, k).mean()
+        for c in grp.columns:
+            if c.startswith("metrics.data/"):
+                row[c[len("metrics."):]] = grp[c].astype(float).mean()
+        per_image = results[results["run_id"].isin(grp["run_id"])] if len(results) else results
+        row["ci_low"], row["ci_high"], row["ci_method"] = _ci(grp, per_image, n_boot, seed)
+        if len(per_image) and np.isfinite(row["geneval/overall"]):
+            recomputed, _ = stats.geneval_score(per_image)
+            if abs(recomputed - row["geneval/overall"]) > 1e-6 and per_image["run_id"].nunique() == len(grp):
+                data.notes.append(f"point {pid}: logged geneval/overall {row['geneval/overall']:.4f} differs "
+                                  f"from the per-image results ({recomputed:.4f})")
+        rows.append(row)
+    pts = pd.DataFrame(rows)
+    pts["label"] = _labels(pts)
+    return pts
+
+
+def _ci(grp: pd.DataFrame, per_image: pd.DataFrame, n_boot: int, seed: int) -> tuple[float, float, str]:
+    if len(per_image) and per_image["run_id"].nunique() == len(grp):
+        b = stats.hierarchical_bootstrap(per_image, n_boot=n_boot, seed=seed)
+        return b.low, b.high, "bootstrap (seeds, prompts)"
+    overall = _metric(grp, "geneval/overall").dropna()
+    if len(overall) >= 2:
+        _, lo, hi = stats.seed_bootstrap(overall.to_numpy(), n_boot=n_boot, seed=seed)
+        return lo, hi, "bootstrap (seeds)"
+    lo, hi = _metric(grp, "geneval/overall_ci_low").mean(), _metric(grp, "geneval/overall_ci_high").mean()
+    if np.isfinite(lo) and np.isfinite(hi):
+        return lo, hi, "logged (prompts)"
+    return float("nan"), float("nan"), "n/a"
+
+
+def _fmt_knob(k: str, v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if k == "data.scale":
+        return size_label(int(v))
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _varying(pts: pd.DataFrame) -> list[str]:
+    return [k for k in KNOBS if k in pts.columns and pts[k].astype(str).nunique() > 1]
+
+
+def _labels(pts: pd.DataFrame) -> list[str]:
+    labels = []
+    by_sweep = {s: _varying(g) for s, g in pts.groupby("sweep", dropna=False)}
+    for _, r in pts.iterrows():
+        knobs = by_sweep.get(r["sweep"], [])
+        if r.get("dpo.mode") == "sft":
+            knobs = [k for k in knobs if k != "dpo.beta"]
+        desc = ", ".join(f"{KNOB_LABELS[k]} {_fmt_knob(k, r[k])}" for k in knobs)
+        labels.append(desc or str(r["point_id"]))
+    return labels
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _ci_text(lo: float, hi: float) -> str:
+    return "n/a" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _params_text(r: pd.Series) -> str:
+    n = r.get("model/params")
+    n = n if n is not None and np.isfinite(n) else r.get("model/n_params")
+    if n is not None and np.isfinite(n):
+        return size_label(int(n))
+    return str(r.get("model.size") or "–")
+
+
+def _data_text(r: pd.Series) -> str:
+    label = r.get("data.scale_label")
+    if not isinstance(label, str) or not label:
+        label = _fmt_knob("data.scale", r.get("data.scale"))
+    actual, scale = r.get("data.actual_size"), r.get("data.scale")
+    if actual is not None and scale is not None and np.isfinite(actual) and np.isfinite(scale) and actual != scale:
+        return f"{label} (actual {int(actual):,})"
+    return label
+
+
+def _comparable(world: str, prompt_set: str) -> bool:
+    return world == "real" and prompt_set == "official"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables 1–3
+# --------------------------------------------------------------------------------------------------
+def build_paper_table(table: int, points: pd.DataFrame | None, notes: list[str] | None = None,
+                      partial: bool = False) -> Table:
+    """Table ``table`` in the paper's layout: the paper's rows, then the studio's rows in their own blocks.
+
+    Studio points go to Table 1 / 2 by ``data.resolution`` (256 / 512); Table 3 ("as reported") lists
+    every studio point at its own resolution.
+    """
+    if table not in TABLE_TITLES:
+        raise UserError(f"--table must be 1, 2 or 3, got {table}")
+    blocks = [Block(f"Paper (Table {table} of arXiv:2503.08619; numbers copied from the paper)",
+                    paper_rows(table))]
+    tnotes = [f"Paper rows: {PAPER_CITATION}, Table {table}; the paper reports no confidence intervals."]
+    tnotes += [f"{m}: {n}." for m, n in paper_notes(table)]
+    if points is not None and len(points):
+        pts = points
+        if table in TABLE_RESOLUTION:
+            pts = pts[pd.to_numeric(pts["data.resolution"], errors="coerce") == TABLE_RESOLUTION[table]]
+        for (world, pset), grp in pts.groupby(["world", "prompt_set"], sort=True):
+            rows = pd.DataFrame({
+                "Model": [_studio_model(r, table) for _, r in grp.iterrows()],
+                "#Params": [_params_text(r) for _, r in grp.iterrows()],
+                "Pre-train Data": [_data_text(r) for _, r in grp.iterrows()],
+                **{TASK_LABELS[t]: grp[f"geneval/{t}"].round(4).to_numpy() for t in PAPER_TASK_ORDER},
+                "Overall": grp["geneval/overall"].round(4).to_numpy(),
+                "CI (95%)": [_ci_text(lo, hi) for lo, hi in zip(grp["ci_low"], grp["ci_high"])],
+                "World": world, "Prompt set": pset, "Seeds": grp["seeds"].astype(str).to_numpy(),
+            })
+            verdict = ("same world and prompt set as the paper, scored by the studio's detector"
+                       if _comparable(world, pset) else "NOT comparable to the paper's rows")
+            blocks.append(Block(f"LightGen Studio — world: {world}, prompt set: {pset} — {verdict}", rows))
+            methods = sorted(set(grp["ci_method"]))
+            tnotes.append(f"Studio rows (world {world}, prompt set {pset}): cells are means over seeds; "
+                          f"CI: {', '.join(methods)}.")
+        if len(blocks) == 1:
+            tnotes.append(f"No studio runs at {TABLE_RESOLUTION.get(table)} px in this selection.")
+    else:
+        tnotes.append("No studio runs in this selection.")
+    tnotes.append("Bold: best value per column within each block.")
+    return Table(TABLE_TITLES[table], PAPER_COLUMNS, blocks, tnotes + list(notes or []), partial,
+                 numeric=SCORE_COLUMNS, name=f"table{table}")
+
+
+def _studio_model(r: pd.Series, table: int) -> str:
+    res = _fmt_knob("data.resolution", r.get("data.resolution"))
+    name = f"Studio {r.get('model.size') or ''} [{r['sweep'] or 'no sweep'}] {r['label']}".replace("  ", " ")
+    return f"{name} @{res}px" if table == 3 else name
+
+
+# --------------------------------------------------------------------------------------------------
+# Ablation tables
+# --------------------------------------------------------------------------------------------------
+def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_resamples: int = 9999,
+                         seed: int = 0, per_task_split: bool = False) -> Table:
+    """Per-point scores (all / seen / unseen), compute, and the paired difference to the reference point.
+
+    The reference is the previous point along the sweep's last varying knob (other knobs equal); in a
+    DPO sweep with an SFT arm it is the SFT arm. Holm's correction covers all tests in the table.
+    """
+    pts = points[points["sweep"] == sweep].copy()
+    if pts.empty:
+        raise UserError(f"no points of sweep '{sweep}'")
+    history = _step_history(data, pts)
+    if history is not None:
+        return _iterations_table(sweep, history, data)
+    knobs = _varying(pts) or []
+    pts = _sort_points(pts, knobs)
+    refs = _references(pts, knobs)
+    results = data.prompt_results()
+    deltas, pvals, vs = [], [], []
+    for i, ref in enumerate(refs):
+        if ref is None:
+            deltas.append(np.nan); pvals.append(np.nan); vs.append("–")  # noqa: E702
+            continue
+        a, b = pts.iloc[i], pts.iloc[ref]
+        deltas.append(a["geneval/overall"] - b["geneval/overall"])
+        vs.append(b["label"])
+        ra = results[results["run_id"].isin(a["run_ids"])] if len(results) else results
+        rb = results[results["run_id"].isin(b["run_ids"])] if len(results) else results
+        if len(ra) and len(rb):
+            pvals.append(stats.paired_test(ra, rb, n_resamples=n_resamples, seed=seed).p_value)
+        else:
+            pvals.append(np.nan)
+    holm = stats.holm(pvals)
+    cols: dict[str, object] = {KNOB_LABELS[k]: [_fmt_knob(k, v) for v in pts[k]] for k in knobs}
+    if not knobs:
+        cols["Point"] = pts["point_id"].to_numpy()
+    cols["Seeds"] = pts["seeds"].astype(str).to_numpy()
+    cols["Overall"] = pts["geneval/overall"].round(4).to_numpy()
+    cols["CI (95%)"] = [_ci_text(lo, hi) for lo, hi in zip(pts["ci_low"], pts["ci_high"])]
+    cols["Seen"] = pts["geneval_seen/overall"].round(4).to_numpy()
+    cols["Unseen"] = pts["geneval_unseen/overall"].round(4).to_numpy()
+    if pts["geneval_before/overall"].notna().any():
+        cols["Before DPO"] = pts["geneval_before/overall"].round(4).to_numpy()
+    for t in PAPER_TASK_ORDER:
+        cols[TASK_LABELS[t]] = pts[f"geneval/{t}"].round(4).to_numpy()
+        if per_task_split:
+            cols[f"{TASK_LABELS[t]} seen"] = pts[f"geneval_seen/{t}"].round(4).to_numpy()
+            cols[f"{TASK_LABELS[t]} unseen"] = pts[f"geneval_unseen/{t}"].round(4).to_numpy()
+    cols["Samples seen"] = pts["compute/samples_seen"].to_numpy()
+    cols["Epochs"] = pts["compute/epochs"].round(2).to_numpy()
+    cols["Train FLOPs"] = pts["compute/train_flops"].to_numpy()
+    cols["Device h"] = pts["compute/device_hours"].round(4).to_numpy()
+    cols["Δ Overall"] = np.round(deltas, 4)
+    cols["vs"] = vs
+    cols["p"] = np.round(pvals, 4)
+    cols["p (Holm)"] = np.round(holm, 4)
+    rows = pd.DataFrame(cols)
+    first = pts.iloc[0]
+    notes = [f"Sweep '{sweep}', world {first['world']}, prompt set {first['prompt_set']}; cells are means "
+             "over seeds; p: paired sign-flip test over shared prompts (exact when few prompts differ), "
+             "Holm-adjusted over the table's tests.",
+             "Seen/Unseen: prompts whose composition was / was not held out of training (toy prompt sets)."]
+    if not len(results):
+        notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
+    numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
+    return Table(f"Ablation: {sweep}", list(rows.columns), [Block(f"sweep {sweep}", rows)],
+                 notes + list(data.notes), data.partial, numeric=numeric, name=f"ablation_{sweep}")
+
+
+def _sort_points(pts: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    keys = []
+    for k in knobs:
+        col = pts[k]
+        if k == "dpo.mode":  # the SFT control arm first
+            keys.append(col.map(lambda m: (0 if m == "sft" else 1, str(m))))
+        else:
+            num = pd.to_numeric(col, errors="coerce")
+            keys.append(num.where(num.notna(), np.inf) if num.notna().any() else col.astype(str))
+    if not keys:
+        return pts.reset_index(drop=True)
+    order = sorted(range(len(pts)), key=lambda i: tuple(k.iloc[i] for k in keys))
+    return pts.iloc[order].reset_index(drop=True)
+
+
+def _references(pts: pd.DataFrame, knobs: list[str]) -> list[int | None]:
+    if "dpo.mode" in knobs and (pts["dpo.mode"] == "sft").any():
+        sft = int(np.flatnonzero(pts["dpo.mode"].to_numpy() == "sft")[0])
+        return [None if m == "sft" else sft for m in pts["dpo.mode"]]
+    refs: list[int | None] = []
+    others = knobs[:-1]
+    for i in range(len(pts)):
+        if i == 0 or not knobs:
+            refs.append(None)
+            continue
+        same = all(str(pts.iloc[i][k]) == str(pts.iloc[i - 1][k]) for k in others)
+        refs.append(i - 1 if same else None)
+    return refs
+
+
+def _step_history(data: SweepData, pts: pd.DataFrame) -> pd.DataFrame | None:
+    """The step-indexed GenEval history when the sweep's runs logged GenEval at several steps."""
+    run_ids = [r for ids in pts["run_ids"] for r in ids]
+    hist = data.history("geneval")
+    hist = hist[hist["run_id"].isin(run_ids)]
+    if hist.empty or hist[hist["key"] == "geneval/overall"]["step"].nunique() < 2:
+        return None
+    seeds = data.runs.set_index("run_id")["seed"]
+    batch = param_values(data.runs, "train.batch_size")
+    batch = pd.Series(batch.to_numpy(), index=data.runs["run_id"])
+    hist = hist.assign(seed=hist["run_id"].map(seeds), batch=hist["run_id"].map(batch))
+    return hist
+
+
+def _iterations_table(sweep: str, hist: pd.DataFrame, data: SweepData) -> Table:
+    wide = hist.pivot_table(index=["step", "run_id"], columns="key", values="value", aggfunc="last")
+    by_step = wide.groupby(level="step")
+    batch = hist.groupby("step")["batch"].first()
+    cols: dict[str, object] = {"Step": list(by_step.groups)}
+    cols["Seeds"] = by_step.size().astype(str).to_numpy()
+    get = lambda k: by_step[k].mean().round(4).to_numpy() if k in wide.columns else np.full(len(cols["Step"]), np.nan)  # noqa: E731
+    cols["Overall"] = get("geneval/overall")
+    cols["Seen"] = get("geneval_seen/overall")
+    cols["Unseen"] = get("geneval_unseen/overall")
+    for t in PAPER_TASK_ORDER:
+        cols[TASK_LABELS[t]] = get(f"geneval/{t}")
+    steps = np.asarray(cols["Step"], dtype=float)
+    cols["Samples seen"] = steps * pd.to_numeric(batch, errors="coerce").to_numpy()
+    overall = np.asarray(cols["Overall"], dtype=float)
+    cols["Δ Overall"] = np.round(np.r_[np.nan, np.diff(overall)], 4)
+    rows = pd.DataFrame(cols)
+    notes = [f"Sweep '{sweep}': GenEval logged at several training steps of the same runs (means over seeds). "
+             "No paired tests: per-image results are logged only for the final step."]
+    numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
+    return Table(f"Ablation: {sweep} (GenEval vs training step)", list(rows.columns),
+                 [Block(f"sweep {sweep}", rows)], notes + list(data.notes), data.partial, numeric=numeric,
+                 name=f"ablation_{sweep}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------------
+def _best(rows: pd.DataFrame, numeric: list[str]) -> dict[str, float]:
+    best = {}
+    for c in numeric:
+        if c in rows.columns:
+            v = pd.to_numeric(rows[c], errors="coerce")
+            if v.notna().any():
+                best[c] = float(v.max())
+    return best
+
+
+def _cell(v, col: str) -> str:
+    if isinstance(v, (float, np.floating)):
+        if not np.isfinite(v):
+            return "–"
+        if col in ("Samples seen", "Train FLOPs"):
+            return f"{v:.3g}"
+        if col == "Δ Overall":
+            return f"{v:+.3f}"
+        if col in ("p", "p (Holm)"):
+            return f"{v:.3f}"
+        if col in ("Epochs", "Device h"):
+            return f"{v:.3g}"
+        return f"{v:.2f}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return str(v)
+
+
+def _is_best(v, col: str, best: dict[str, float]) -> bool:
+    try:
+        return col in best and np.isfinite(float(v)) and abs(float(v) - best[col]) < 1e-9
+    except (TypeError, ValueError):
+        return False
+
+
+def render(table: Table, fmt: str = "markdown") -> str:
+    """Render a table as ``markdown``, ``latex`` or ``csv``."""
+    if fmt == "markdown":
+        return _markdown(table)
+    if fmt == "latex":
+        return _latex(table)
+    if fmt == "csv":
+        return _csv(table)
+    raise UserError(f"--format must be markdown, latex or csv, got '{fmt}'")
+
+
+def _title(table: Table) -> str:
+    return table.title + (" (PARTIAL: the sweep is incomplete, see notes)" if table.partial else "")
+
+
+def _markdown(table: Table) -> str:
+    cols = table.columns
+    lines = [f"### {_title(table)}", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for block in table.blocks:
+        lines.append("| " + f"**{block.label}**" + " |" * len(cols))
+        best = _best(block.rows, table.numeric) if block.bold else {}
+        for _, r in block.rows.iterrows():
+            cells = []
+            for c in cols:
+                text = _cell(r[c], c)
+                cells.append(f"**{text}**" if _is_best(r[c], c, best) else text)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
+                 ("$", r"\$"), ("β", r"$\beta$"), ("Δ", r"$\Delta$"),
+                 ("×", r"$\times$"), ("–", "--"), ("—", "---"), ("~", r"\textasciitilde{}")):
+        s = s.replace(a, b)
+    return s
+
+
+def _latex(table: Table) -> str:
+    cols = table.columns
+    out = [r"\begin{table}[t]", r"\centering", r"\small",
+           r"\caption{" + _tex(_title(table)) + "}",
+           r"\begin{tabular}{" + "l" * 3 + "c" * (len(cols) - 3) + "}", r"\toprule",
+           " & ".join(_tex(c) for c in cols) + r" \\"]
+    for block in table.blocks:
+        out += [r"\midrule", r"\multicolumn{%d}{l}{\textit{%s}} \\" % (len(cols), _tex(block.label)), r"\midrule"]
+        best = _best(block.rows, table.numeric) if block.bold else {}
+        for _, r in block.rows.iterrows():
+            cells = []
+            for c in cols:
+                text = _tex(_cell(r[c], c))
+                cells.append(r"\textbf{" + text + "}" if _is_best(r[c], c, best) else text)
+            out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    out += [r"\par\footnotesize " + _tex(n) for n in table.notes]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def _csv(table: Table) -> str:
+    df = table.frame()
+    df.insert(0, "partial", table.partial)
+    df.insert(0, "table", table.title)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
+    return buf.getvalue()

@@ -1,0 +1,436 @@
+"""Analysis end to end: loader, bundles, tables and curves on a small MLflow store of known runs.
+
+The store (built once for the module) holds runs of known metrics and per-image results.
+
+Layout (all toy world, toy prompt set, 32 px, unless said otherwise), 4 prompts per task, 1 image each;
+prompts 0–1 are "seen", 2–3 "unseen"; a run with n correct per task gets prompts 0..n-1 right in every
+task, so every per-task score, the overall score and seen/unseen scores are n/4, min(n,2)/2,
+max(n-2,0)/2:
+
+* sweep ``data-scale`` (parent FINISHED): scale 100K / 200K / 500K × seeds 0, 1 with n = (1, 2), (2, 3),
+  (4, 4); samples seen 60*32 = 1920 everywhere;
+* sweep ``caption-diversity`` (parent RUNNING = still running): diversity 0.5 seeds 0, 1 (n = 2, 2) and
+  diversity 1.0 seed 0 finished twice (older n = 0, newer n = 3: the newer wins), seed 1 FAILED;
+* sweep ``dpo-beta``: SFT arm (n = 2, seeds 0, 1), β 1000 (n = 3, 3), β 5000 (n = 4, 3); geneval_before = 0.25;
+* sweep ``iterations``: seeds 0, 1, geneval/overall history at steps 20, 40, 60 = 0.25, 0.5, 0.75 (+0.25 for
+  seed 1, capped at 1.0), no per-image results;
+* sweep ``paper-repro``: one real-world point at 256 px on the official prompt set, n = 3, no results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+N_PROMPTS = 4
+T0 = 1_700_000_000_000
+
+
+def records(n_correct: int) -> list[dict]:
+    out = []
+    for t in TASKS:
+        for i in range(N_PROMPTS):
+            out.append({"filename": f"{t}_{i}.png", "tag": t, "prompt": f"{t} prompt {i}",
+                        "correct": i < n_correct, "reason": "", "details": {"n": i},
+                        "metadata": {"tag": t, "prompt": f"{t} prompt {i}", "seen": i < 2}})
+    return out
+
+
+def metrics_for(n: int) -> dict[str, float]:
+    acc, seen, unseen = n / 4, min(n, 2) / 2, max(n - 2, 0) / 2
+    m = {f"geneval/{t}": acc for t in TASKS} | {f"geneval_seen/{t}": seen for t in TASKS}
+    m |= {f"geneval_unseen/{t}": unseen for t in TASKS}
+    m |= {"geneval/overall": acc, "geneval_seen/overall": seen, "geneval_unseen/overall": unseen,
+          "geneval/overall_ci_low": max(0.0, acc - 0.1), "geneval/overall_ci_high": min(1.0, acc + 0.1)}
+    return m
+
+
+class StoreBuilder:
+    def __init__(self, root: Path):
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(self.uri)
+        self.root = root
+        self.clock = T0
+        self.exp: dict[str, str] = {}
+
+    def experiment(self, sweep: str) -> str:
+        if sweep not in self.exp:
+            self.exp[sweep] = self.client.create_experiment(
+                f"lightgen/{sweep}", artifact_location=(self.root / "artifacts" / sweep).as_uri())
+        return self.exp[sweep]
+
+    def parent(self, sweep: str, status: str = "FINISHED") -> str:
+        self.clock += 1000
+        run = self.client.create_run(self.experiment(sweep), start_time=self.clock, tags={
+            "lightgen.kind": "sweep", "lightgen.sweep": sweep})
+        self.client.log_batch(run.info.run_id, params=[Param("lightgen.sweep", sweep)])
+        if status != "RUNNING":
+            self.client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    def trial(self, sweep: str, parent: str, point: str, seed: int, params: dict, metrics: dict | None,
+              results: list[dict] | None = None, status: str = "FINISHED", world: str = "toy",
+              history: list[tuple[int, dict]] | None = None) -> str:
+        self.clock += 1000
+        tags = {"lightgen.kind": "trial", "lightgen.sweep": sweep, "lightgen.point_id": point,
+                "lightgen.seed": str(seed), "lightgen.world": world, "mlflow.parentRunId": parent}
+        run = self.client.create_run(self.experiment(sweep), start_time=self.clock, tags=tags)
+        rid = run.info.run_id
+        base = {"seed": seed, "world.kind": world, "eval.prompt_set": "toy", "data.resolution": 32,
+                "model.size": "tiny", "train.iterations": 60, "train.batch_size": 32, "data.scale": 100000,
+                "data.scale_label": "100K", "data.actual_size": 100, "data.caption_diversity": 1.0,
+                "dpo.mode": "dpo", "dpo.beta": 5000.0}
+        base.update(params)
+        ms = [Metric(k, float(v), self.clock, 0) for k, v in (metrics or {}).items()]
+        for step, hm in history or []:
+            ms += [Metric(k, float(v), self.clock + step, step) for k, v in hm.items()]
+        self.client.log_batch(rid, metrics=ms, params=[Param(k, str(v)) for k, v in base.items()],
+                              tags=[RunTag("lightgen.preset", "smoke")])
+        if results is not None:
+            self.client.log_text(rid, "\n".join(json.dumps(r) for r in results) + "\n", "geneval/results.jsonl")
+        if status != "RUNNING":
+            self.client.set_terminated(rid, status, end_time=self.clock + 500)
+        return rid
+
+
+def build(root: Path) -> StoreBuilder:
+    t = time.perf_counter()
+    b = StoreBuilder(root)
+    compute = {"compute/samples_seen": 1920, "compute/train_flops": 1e12, "compute/device_hours": 0.01}
+    # data-scale
+    p = b.parent("data-scale")
+    for scale, label, ns in ((100_000, "100K", (1, 2)), (200_000, "200K", (2, 3)), (500_000, "500K", (4, 4))):
+        for seed, n in enumerate(ns):
+            m = metrics_for(n) | compute | {"compute/epochs": 1920 / (scale / 1000),
+                                            "data/vendi_caption": scale / 100_000}
+            b.trial("data-scale", p, f"scale{label}", seed,
+                    {"data.scale": scale, "data.scale_label": label, "data.actual_size": scale // 1000},
+                    m, records(n))
+    # caption-diversity (still running)
+    p = b.parent("caption-diversity", status="RUNNING")
+    for seed in (0, 1):
+        b.trial("caption-diversity", p, "div0.5", seed, {"data.caption_diversity": 0.5},
+                metrics_for(2) | {"data/vendi_caption": 2.0}, records(2))
+    b.trial("caption-diversity", p, "div1.0", 0, {"data.caption_diversity": 1.0},
+            metrics_for(0) | {"data/vendi_caption": 4.0}, records(0))
+    b.trial("caption-diversity", p, "div1.0", 0, {"data.caption_diversity": 1.0},
+            metrics_for(3) | {"data/vendi_caption": 4.0}, records(3))
+    b.trial("caption-diversity", p, "div1.0", 1, {"data.caption_diversity": 1.0}, None, None, status="FAILED")
+    # dpo-beta
+    p = b.parent("dpo-beta")
+    before = {f"geneval_before/{t}": 0.25 for t in TASKS} | {"geneval_before/overall": 0.25}
+    for point, params, ns in (("sft", {"dpo.mode": "sft"}, (2, 2)), ("b1000", {"dpo.beta": 1000.0}, (3, 3)),
+                              ("b5000", {"dpo.beta": 5000.0}, (4, 3))):
+        for seed, n in enumerate(ns):
+            b.trial("dpo-beta", p, point, seed, params, metrics_for(n) | before, records(n))
+    # iterations: step-indexed history, no results
+    p = b.parent("iterations")
+    for seed in (0, 1):
+        hist = [(s, {"geneval/overall": min(1.0, v + 0.25 * seed)}) for s, v in ((20, 0.25), (40, 0.5), (60, 0.75))]
+        b.trial("iterations", p, "iters", seed, {}, None, None, history=hist)
+    # a real-world point at 256 px
+    p = b.parent("paper-repro")
+    b.trial("paper-repro", p, "real256", 0, {"data.resolution": 256, "eval.prompt_set": "official",
+                                              "world.kind": "real", "model.size": "L"},
+            metrics_for(3), None, world="real")
+    b.build_seconds = time.perf_counter() - t
+    return b
+
+
+# ==================================================================================================
+# Tests
+# ==================================================================================================
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from lightgen.analysis import curves as C  # noqa: E402
+from lightgen.analysis import tables as T  # noqa: E402
+from lightgen.analysis.bundle import read_bundle, write_bundle  # noqa: E402
+from lightgen.analysis.loader import (  # noqa: E402
+    NoData, RunSource, SweepData, load_prompt_results, load_runs, load_sweep)
+from lightgen.cliutil import UserError  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("analysis-store"))
+
+
+@pytest.fixture(scope="module")
+def scale_data(store):
+    return load_sweep(store.uri, sweep="data-scale")
+
+
+@pytest.fixture(scope="module")
+def scale_points(scale_data):
+    return T.point_summary(scale_data, n_boot=300)
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "analysis" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cells(table: T.Table, column: str) -> list:
+    return list(table.blocks[0].rows[column])
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def test_load_runs_one_finished_run_per_point_and_seed(store):
+    df = load_runs(store.uri, sweep="data-scale")
+    assert len(df) == 6 and set(df["status"]) == {"FINISHED"}
+    assert sorted(df.groupby("point_id")["seed"].apply(sorted).tolist()) == [[0, 1]] * 3
+    assert df.attrs["partial"] is False and df.attrs["notes"] == []
+    assert {"params.data.scale", "metrics.geneval/overall", "tags.lightgen.point_id"} <= set(df.columns)
+
+
+def test_load_runs_duplicates_failures_and_running_sweep(store):
+    df = load_runs(store.uri, sweep="caption-diversity")
+    assert len(df) == 3
+    latest = df[(df["point_id"] == "div1.0") & (df["seed"] == 0)]
+    assert latest["metrics.geneval/overall"].tolist() == [0.75]          # the newer duplicate wins
+    notes = " ".join(df.attrs["notes"])
+    assert df.attrs["partial"] is True
+    assert "still running" in notes and "1 duplicate" in notes and "1 FAILED" in notes
+
+
+def test_load_prompt_results_long_table(store):
+    res = load_prompt_results(store.uri, sweep="data-scale")
+    assert len(res) == 6 * 24
+    assert list(res.columns) == ["run_id", "point_id", "seed", "sweep", "prompt", "task", "seen", "correct", "filename"]
+    one = res[(res["point_id"] == "scale200K") & (res["seed"] == 1)]
+    assert one["correct"].sum() == 6 * 3 and one["seen"].sum() == 6 * 2
+    assert set(res["task"]) == set(TASKS)
+
+
+def test_empty_and_unknown_selections(store, tmp_path):
+    df = load_runs(f"sqlite:///{tmp_path / 'none.db'}")
+    assert df.empty and "no MLflow store" in df.attrs["notes"][0]
+    assert not (tmp_path / "none.db").exists()                           # reading never creates a store
+    with pytest.raises(UserError, match="sweeps found: caption-diversity"):
+        load_sweep(store.uri, sweep="no-such-sweep")
+    with pytest.raises(UserError, match="no experiment named"):
+        load_sweep(store.uri, experiment="nope")
+
+
+def test_bundle_round_trip_gives_the_same_tables(store, scale_data, scale_points, tmp_path):
+    src = RunSource(store.uri)
+    runs = src.runs_frame(sweep="data-scale")
+    res, _ = src.results(list(runs["run_id"]))
+    hist = src.history(list(runs["run_id"]), ["geneval/overall"])
+    path = write_bundle(runs, hist, res, tmp_path / "bundle")
+    r2, h2, res2 = read_bundle(path)
+    assert len(r2) == len(runs) and len(res2) == len(res) == 6 * 24 and len(h2) == 6
+    data = load_sweep(bundle=path)
+    pts = T.point_summary(data, n_boot=300)
+    a = T.build_ablation_table(data, "data-scale", pts)
+    b = T.build_ablation_table(scale_data, "data-scale", scale_points)
+    pd.testing.assert_frame_equal(a.frame(), b.frame())
+    assert data.parent_run_id("data-scale") is None                      # nothing to log to in a bundle
+
+
+def test_bundle_errors(tmp_path, store):
+    src = RunSource(store.uri)
+    runs = src.runs_frame(sweep="data-scale")
+    res, _ = src.results(list(runs["run_id"])[:1])
+    with pytest.raises(UserError, match="single .parquet"):
+        write_bundle(runs, None, res, tmp_path / "b.parquet")
+    write_bundle(runs, None, None, tmp_path / "runs.parquet")             # runs-only bundle
+    assert len(load_runs(bundle=tmp_path / "runs.parquet", sweep="data-scale")) == 6
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="missing runs.parquet"):
+        read_bundle(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "runs.parquet").write_text("not parquet")
+    with pytest.raises(UserError, match="not a readable Parquet"):
+        read_bundle(tmp_path / "bad")
+    write_bundle(pd.DataFrame({"run_id": pd.Series(dtype=str)}), None, None, tmp_path / "nothing")
+    with pytest.raises(NoData):
+        load_sweep(bundle=tmp_path / "nothing")
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def test_point_summary_means_and_cis(scale_points):
+    p = scale_points.set_index("point_id")
+    assert p.loc["scale100K", "geneval/overall"] == pytest.approx(0.375)
+    assert p.loc["scale500K", "geneval_unseen/overall"] == 1.0
+    assert p.loc["scale100K", "seeds"] == 2
+    assert set(p["ci_method"]) == {"bootstrap (seeds, prompts)"}
+    assert (p.loc["scale500K", "ci_low"], p.loc["scale500K", "ci_high"]) == (1.0, 1.0)
+    assert p.loc["scale100K", "ci_low"] <= 0.375 <= p.loc["scale100K", "ci_high"]
+    assert p["label"].tolist() == ["Scale 100K", "Scale 200K", "Scale 500K"]
+
+
+def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
+    t = T.build_ablation_table(scale_data, "data-scale", scale_points)
+    assert cells(t, "Scale") == ["100K", "200K", "500K"]
+    assert cells(t, "Overall") == [0.375, 0.625, 1.0]
+    assert cells(t, "Seen") == [0.75, 1.0, 1.0] and cells(t, "Unseen") == [0.0, 0.25, 1.0]
+    assert cells(t, "Samples seen") == [1920, 1920, 1920]
+    assert cells(t, "Epochs") == [19.2, 9.6, 3.84]
+    assert np.isnan(cells(t, "Δ Overall")[0]) and cells(t, "Δ Overall")[1:] == [0.25, 0.375]
+    # 12 shared prompts differ, all in favour of the larger set: exact p = 2 / 2^12; Holm doubles both
+    assert cells(t, "p")[1:] == [round(2 / 4096, 4)] * 2
+    assert cells(t, "p (Holm)")[1:] == [round(4 / 4096, 4)] * 2
+    assert cells(t, "vs")[1:] == ["Scale 100K", "Scale 200K"] and not t.partial
+    md = T.render(t, "markdown")
+    assert "| 500K | 2 | **1.00** | [1.00, 1.00] |" in md
+
+
+def test_dpo_table_compares_each_beta_to_the_sft_arm(store):
+    data = load_sweep(store.uri, sweep="dpo-beta")
+    t = T.build_ablation_table(data, "dpo-beta", T.point_summary(data, n_boot=200))
+    assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β")[1:] == ["1000", "5000"]
+    assert cells(t, "Overall") == [0.5, 0.75, 0.875]
+    assert cells(t, "Before DPO") == [0.25] * 3
+    assert cells(t, "vs")[1:] == ["Mode sft", "Mode sft"]
+    assert cells(t, "Δ Overall")[1:] == [0.25, 0.375]
+
+
+def test_partial_and_iterations_tables(store):
+    data = load_sweep(store.uri, sweep="caption-diversity")
+    t = T.build_ablation_table(data, "caption-diversity", T.point_summary(data, n_boot=200))
+    assert t.partial and "PARTIAL" in T.render(t)
+    assert cells(t, "Overall") == [0.5, 0.75] and cells(t, "Seeds") == ["2", "1"]
+    it = load_sweep(store.uri, sweep="iterations")
+    t = T.build_ablation_table(it, "iterations", T.point_summary(it, n_boot=200))
+    assert cells(t, "Step") == [20, 40, 60]
+    assert cells(t, "Overall") == [0.375, 0.625, 0.875]
+    assert cells(t, "Samples seen") == [640.0, 1280.0, 1920.0]
+
+
+def test_paper_tables_rows_placement_and_bold(store):
+    data = load_sweep(store.uri)
+    pts = T.point_summary(data, n_boot=200)
+    t1, t2, t3 = (T.build_paper_table(n, pts) for n in (1, 2, 3))
+    paper1 = t1.blocks[0].rows.set_index("Model")
+    assert len(paper1) == 8 and paper1.loc["LightGen w/o DPO", "Overall"] == 0.53
+    assert t2.blocks[0].rows.set_index("Model").loc["LightGen", "Counting"] == 0.60
+    assert len(t3.blocks[0].rows) == 11
+    # the 256-px real-world point goes to Table 1 only; toy points (32 px) only to Table 3
+    assert [b.label.split(" — ")[1] for b in t1.blocks[1:]] == ["world: real, prompt set: official"]
+    assert len(t2.blocks) == 1
+    toy = [b for b in t3.blocks if "world: toy" in b.label]
+    assert len(toy) == 1 and "NOT comparable" in toy[0].label and len(toy[0].rows) == 3 + 2 + 3 + 1
+    md = T.render(t3)
+    sd3 = next(line for line in md.splitlines() if line.startswith("| Stable Diffusion 3 "))
+    assert "**0.68**" in sd3 and "arXiv:2503.08619" in md
+    assert "| Flux | - | 12B |" in T.render(t1) and "appear swapped" in T.render(t1)
+    tex = T.render(t1, "latex")
+    assert r"\textbf{0.99}" in tex and r"\midrule" in tex and "NOT" not in tex.split("Studio")[0]
+    csv_rows = pd.read_csv(__import__("io").StringIO(T.render(t1, "csv")))
+    assert set(csv_rows["block"].str[:5]) == {"Paper", "Light"} and len(csv_rows) == 9
+
+
+def test_paper_table_copy_matches_reference():
+    ref = Path("/work/shared/reference/paper_geneval_tables.csv")
+    if not ref.is_file():
+        pytest.skip("shared reference not present on this machine")
+    ours = REPO / "lightgen" / "analysis" / "paper_tables.csv"
+    assert ours.read_text() == ref.read_text()
+
+
+# -- curves ----------------------------------------------------------------------------------------
+def test_scale_curve_data_and_files(scale_data, tmp_path):
+    df = C.plot_vs_scale(scale_data, out_dir=tmp_path, formats=("png", "pdf"))
+    overall = C.mean_by(df[df["metric"] == "Overall"], ["data.scale"])
+    assert overall["data.scale"].tolist() == [100000, 200000, 500000]
+    assert overall["mean"].tolist() == [0.375, 0.625, 1.0] and overall["n"].tolist() == [2, 2, 2]
+    assert sorted(df["metric"].unique()) == sorted(["Overall", *T.TASK_LABELS.values()])
+    assert {p.name for p in df.attrs["files"]} == {"fig6a_scale.png", "fig6a_scale.pdf"}
+    assert all(p.stat().st_size > 1000 for p in df.attrs["files"])
+
+
+def test_other_curves_data(store, scale_data):
+    seen = C.plot_vs_samples_seen(scale_data)
+    assert seen["compute/samples_seen"].unique().tolist() == [1920] and seen["scale"].nunique() == 3
+    measured = C.plot_vs_measured_diversity(scale_data)
+    assert C.mean_by(measured, ["measured"])["measured"].tolist() == [1.0, 2.0, 5.0]
+    it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"))
+    m = C.mean_by(it[it["metric"] == "Overall"], ["iteration"])
+    assert m["iteration"].tolist() == [20, 40, 60] and m["mean"].tolist() == [0.375, 0.625, 0.875]
+    div = C.plot_vs_diversity_knobs(load_sweep(store.uri, sweep="caption-diversity"))
+    assert C.mean_by(div, ["knob_value"])["mean"].tolist() == [0.5, 0.75]
+    dpo = C.plot_dpo_beta(load_sweep(store.uri, sweep="dpo-beta"))
+    o = dpo[dpo["metric"] == "Overall"]
+    assert C.mean_by(o[o["arm"] == "DPO"], ["dpo.beta"])["mean"].tolist() == [0.75, 0.875]
+    assert o[o["arm"] == "SFT"]["value"].mean() == 0.5 and o[o["arm"] == "before"]["value"].mean() == 0.25
+    assert C.plot_dpo_beta(scale_data).attrs["skipped"]                  # no β sweep there
+
+
+def test_heatmap_grid_and_skip(store):
+    everything = load_sweep(store.uri)
+    keep = everything.runs["sweep"].isin(["data-scale", "caption-diversity"])
+    grid = SweepData(runs=everything.runs[keep].reset_index(drop=True), parents=everything.parents,
+                     source=everything.source)
+    df = C.plot_scale_diversity_heatmap(grid).set_index(["data.scale", "diversity"])
+    assert df.loc[(100000, 0.5), "mean"] == 0.5
+    assert df.loc[(100000, 1.0), "mean"] == pytest.approx(0.5)           # (0.25 + 0.5 + 0.75) / 3
+    assert df.loc[(500000, 1.0), "mean"] == 1.0 and len(df) == 4
+    assert "two or more" in C.plot_scale_diversity_heatmap(load_sweep(store.uri, sweep="dpo-beta")).attrs["skipped"]
+
+
+# -- scripts ---------------------------------------------------------------------------------------
+def test_make_tables_script(store, tmp_path, capsys):
+    mt = script("make_tables")
+    out = tmp_path / "t.md"
+    rc = mt.run_main(mt.main, ["--tracking-uri", store.uri, "--sweep", "data-scale", "--out", str(out),
+                               "--n-boot", "100", "--n-resamples", "999"])
+    assert rc == 0
+    text = out.read_text()
+    assert "### Table 1: GenEval at 256×256" in text and "### Ablation: data-scale" in text
+    rid = load_sweep(store.uri, sweep="data-scale").parent_run_id("data-scale")
+    logged = {a.path for a in store.client.list_artifacts(rid, "analysis")}
+    assert {"analysis/tables.md", "analysis/ablation_data-scale.json", "analysis/table3.json"} <= logged
+    rc = mt.run_main(mt.main, ["--tracking-uri", store.uri, "--sweep", "paper-repro", "--format", "latex",
+                               "--only", "paper", "--no-log", "--n-boot", "100"])
+    assert rc == 0 and r"\begin{tabular}" in capsys.readouterr().out
+    # nothing to show: exit 0 with a message; bad arguments: exit 2 with a message
+    assert mt.run_main(mt.main, ["--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"]) == 0
+    assert "nothing to show" in capsys.readouterr().err
+    assert mt.run_main(mt.main, ["--from", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert mt.run_main(mt.main, ["--tracking-uri", store.uri, "--sweep", "nope"]) == 2
+    with pytest.raises(SystemExit) as e:
+        mt.main(["--format", "html"])
+    assert e.value.code == 2
+
+
+def test_make_curves_script(store, tmp_path, capsys):
+    mc = script("make_curves")
+    rc = mc.run_main(mc.main, ["--tracking-uri", store.uri, "--sweep", "dpo-beta", "--only", "dpo",
+                               "--out", str(tmp_path)])
+    assert rc == 0
+    assert {p.name for p in tmp_path.iterdir()} == {"dpo_beta.png", "dpo_beta.pdf", "dpo_beta.csv"}
+    rid = load_sweep(store.uri, sweep="dpo-beta").parent_run_id("dpo-beta")
+    assert {a.path for a in store.client.list_artifacts(rid, "analysis/figures")} == {
+        "analysis/figures/dpo_beta.png", "analysis/figures/dpo_beta.pdf", "analysis/figures/dpo_beta.csv"}
+    rc = mc.run_main(mc.main, ["--tracking-uri", store.uri, "--sweep", "paper-repro", "--only", "scale",
+                               "--out", str(tmp_path / "none"), "--no-log"])
+    assert rc == 0 and "nothing to show" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        mc.main(["--formats", "gif"])
+    assert e.value.code == 2
+
+
+def test_scripts_run_from_the_repo_root(store, tmp_path):
+    import subprocess
+
+    r = subprocess.run([sys.executable, "analysis/make_tables.py", "--tracking-uri", store.uri, "--sweep",
+                        "paper-repro", "--only", "ablation", "--no-log", "--format", "csv"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "real256" in r.stdout and "Traceback" not in r.stderr
