@@ -119,9 +119,35 @@ def bench_train() -> None:
 
 
 @runs_app.command("export")
-def runs_export() -> None:
-    """Write a sweep's runs to one bundle."""
-    not_yet("runs export")
+@user_errors
+def runs_export(
+    out: str = typer.Option(..., "--out", help="Bundle folder to write (runs.parquet, metrics_history.parquet, results.parquet)."),
+    sweep: str = typer.Option(None, "--sweep", help="Only this sweep's runs (default: every run in the store)."),
+    experiment: str = typer.Option(None, "--experiment", help="Only this MLflow experiment."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="Store to read (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+) -> None:
+    """Write a sweep's runs (params, tags, metric histories, per-prompt GenEval results) to one bundle."""
+    from lightgen.runs import export_runs
+
+    try:
+        stats = export_runs(out, tracking_uri, sweep, experiment)
+    except LookupError as e:
+        raise UserError(str(e)) from None
+    print(f"exported {stats['runs']} runs, {stats['metric_points']} metric points, {stats['results']} GenEval rows to {out}")
+
+
+@runs_app.command("import")
+@user_errors
+def runs_import(
+    bundles: list[str] = typer.Argument(..., help="Bundle folder(s) written by `lightgen runs export`."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="Store to merge into (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+) -> None:
+    """Merge bundles into a store without duplicating runs or points."""
+    from lightgen.runs import import_runs
+
+    for b in bundles:
+        stats = import_runs(b, tracking_uri)
+        print(f"{b}: imported {stats['imported']} runs, skipped {stats['skipped']} already present")
 
 
 def _register_all() -> None:

@@ -339,8 +339,8 @@ def reap_dead_trials(study: Any, tracking_uri: str, *, pids: set[int] | None = N
         dead = (pid in pids) if pids is not None else (pid is None or not _pid_alive(int(pid)))
         if not dead:
             continue
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         study._storage.set_trial_user_attr(t._trial_id, "lightgen.failure", "worker died")
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
             mark_stale_runs("", tracking_uri, run_ids=[run_id], status="KILLED")

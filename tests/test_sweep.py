@@ -164,7 +164,7 @@ def test_sigkilled_workers_resume_from_checkpoint(tmp_path):
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert len(killed) == 3, f"could only kill {len(killed)} workers"
+    assert len(killed) == 3, f"could only kill {len(killed)} workers: {out}"
     assert launcher.returncode == 0, out
     _assert_each_job_once(tmp_path)
     for path in {k[0] for k in killed}:
