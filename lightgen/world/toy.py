@@ -63,10 +63,16 @@ MAX_ROTATION_DEG = 30.0
 # Silhouettes: indicator functions on [-1, 1]^2 (y up)
 # --------------------------------------------------------------------------------------------------
 def _poly(x: np.ndarray, y: np.ndarray, verts: Sequence[tuple[float, float]]) -> np.ndarray:
-    from matplotlib.path import Path as MplPath
-
-    pts = np.stack([x.ravel(), y.ravel()], axis=1)
-    return MplPath(np.asarray(verts, dtype=float)).contains_points(pts).reshape(x.shape)
+    """Even-odd point-in-polygon test, vectorised over the points (works for non-convex stars)."""
+    inside = np.zeros(x.shape, dtype=bool)
+    v = list(verts)
+    for (x1, y1), (x2, y2) in zip(v, v[1:] + v[:1]):
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        xi = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < xi)
+    return inside
 
 
 def _regular(n: int, r: float, phase: float = math.pi / 2) -> list[tuple[float, float]]:
@@ -171,6 +177,14 @@ def relation_holds(box_a: Sequence[float], box_b: Sequence[float], relation: str
         return False
     dx, dy = revised / norm
     return {"left of": dx < -0.5, "right of": dx > 0.5, "above": dy < -0.5, "below": dy > 0.5}[relation]
+
+
+_N_UNIFORMS = 128  # enough for 16 objects (6 draws each) plus colours and the background
+
+
+@functools.lru_cache(maxsize=None)
+def _edges(res: int, g: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.linspace(0, res, g + 1).round())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,15 +317,23 @@ class ToyWorld:
         return inc
 
     # ---- rendering -----------------------------------------------------------------------------
-    def _layout(self, spec: dict, res: int, rng: np.random.Generator) -> list[tuple[str, str, int, int, int, int]]:
-        """Objects as (class, colour, x0, y0, size, rotation level); no two stamps overlap."""
+    def _layout(self, spec: dict, res: int, u: np.ndarray) -> list[tuple[str, str, int, int, int, int]]:
+        """Objects as (class, colour, x0, y0, size, rotation level); no two stamps overlap.
+
+        All randomness comes from ``u`` (uniforms in [0, 1), drawn once per image: one generator call
+        instead of dozens is most of what makes rendering fast).
+        """
         inc = self.validate_spec(spec)
+        k = iter(u)
+        nxt = k.__next__
+        uni = lambda lo, hi: lo + (hi - lo) * nxt()  # noqa: E731
+        pick = lambda n: min(int(nxt() * n), n - 1)  # noqa: E731
         colors = []
         for cl in inc:
             col = cl.get("color")
             if col is None:
                 opts = self._trainable_colors[cl["class"]]
-                col = opts[int(rng.integers(len(opts)))]
+                col = opts[pick(len(opts))]
             colors.append(col)
         step = max(1, res // 32)
         q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
@@ -322,41 +344,41 @@ class ToyWorld:
             a, b = pos_clause, int(j)
             # A is `rel` of B: put "first" on the low side of the axis, "second" on the high side.
             low, high = (a, b) if rel in ("left of", "above") else (b, a)
-            sizes = {k: q(res * rng.uniform(0.28, 0.42)) for k in (low, high)}
+            sizes = {low: q(res * uni(0.28, 0.42)), high: q(res * uni(0.28, 0.42))}
             gap = max(1.0, 0.04 * res)
             half = res / 2.0
-            c_low = rng.uniform(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
-            c_high = rng.uniform(half + gap / 2 + sizes[high] / 2, res - sizes[high] / 2)
+            c_low = uni(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
+            c_high = uni(half + gap / 2 + sizes[high] / 2, res - sizes[high] / 2)
             smax = max(sizes.values())
-            p_low = rng.uniform(smax / 2, res - smax / 2)
-            p_high = float(np.clip(p_low + rng.uniform(-0.12, 0.12) * res, smax / 2, res - smax / 2))
+            p_low = uni(smax / 2, res - smax / 2)
+            p_high = min(max(p_low + uni(-0.12, 0.12) * res, smax / 2), res - smax / 2)
             horizontal = rel in ("left of", "right of")
-            for k, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
-                s = sizes[k]
+            for idx, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
+                s = sizes[idx]
                 cx, cy = (along, perp) if horizontal else (perp, along)
-                x0 = int(np.clip(round(cx - s / 2), 0, res - s))
-                y0 = int(np.clip(round(cy - s / 2), 0, res - s))
-                objs.append((inc[k]["class"], colors[k], x0, y0, s, int(rng.integers(N_ROTATIONS))))
+                x0 = min(max(round(cx - s / 2), 0), res - s)
+                y0 = min(max(round(cy - s / 2), 0), res - s)
+                objs.append((inc[idx]["class"], colors[idx], x0, y0, s, pick(N_ROTATIONS)))
             return objs
         items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
         n = len(items)
         if n == 1:
-            s = q(res * rng.uniform(0.35, 0.6))
-            x0, y0 = (int(v) for v in rng.integers(0, res - s + 1, size=2))
-            return [(items[0][0], items[0][1], x0, y0, s, int(rng.integers(N_ROTATIONS)))]
+            s = q(res * uni(0.35, 0.6))
+            x0, y0 = pick(res - s + 1), pick(res - s + 1)
+            return [(items[0][0], items[0][1], x0, y0, s, pick(N_ROTATIONS))]
         g = max(2, math.ceil(math.sqrt(n)))
-        cells = rng.choice(g * g, size=n, replace=False)
-        edges = np.linspace(0, res, g + 1).round().astype(int)
-        fr = rng.uniform(0.6, 0.92, size=n)
-        rots = rng.integers(N_ROTATIONS, size=n)
-        jit = rng.uniform(0, 1, size=(n, 2))
-        for k, (cls, col) in enumerate(items):
-            r, c = divmod(int(cells[k]), g)
-            cw = min(edges[c + 1] - edges[c], edges[r + 1] - edges[r])
-            s = min(q(cw * fr[k]), cw)
-            x0 = edges[c] + int(jit[k, 0] * (edges[c + 1] - edges[c] - s + 1))
-            y0 = edges[r] + int(jit[k, 1] * (edges[r + 1] - edges[r] - s + 1))
-            objs.append((cls, col, int(min(x0, edges[c + 1] - s)), int(min(y0, edges[r + 1] - s)), s, int(rots[k])))
+        cells = list(range(g * g))
+        for i in range(n):  # partial Fisher-Yates: n distinct cells
+            j = i + pick(g * g - i)
+            cells[i], cells[j] = cells[j], cells[i]
+        edges = _edges(res, g)
+        for idx, (cls, col) in enumerate(items):
+            r, c = divmod(cells[idx], g)
+            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
+            s = min(q(min(w_c, h_c) * uni(0.6, 0.92)), w_c, h_c)
+            x0 = edges[c] + pick(w_c - s + 1)
+            y0 = edges[r] + pick(h_c - s + 1)
+            objs.append((cls, col, x0, y0, s, pick(N_ROTATIONS)))
         return objs
 
     def _check_resolution(self, resolution: int) -> int:
@@ -365,9 +387,9 @@ class ToyWorld:
         return int(resolution)
 
     def _draw(self, canvas: np.ndarray, spec: dict, res: int, seed: int) -> list[dict]:
-        rng = np.random.default_rng(int(seed))
-        objs = self._layout(spec, res, rng)
-        bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))] if len(self.backgrounds) > 1 else self.backgrounds[0]
+        u = np.random.default_rng(int(seed)).random(_N_UNIFORMS).tolist()
+        bg = self.backgrounds[min(int(u[-1] * len(self.backgrounds)), len(self.backgrounds) - 1)]
+        objs = self._layout(spec, res, u)
         canvas[...] = bg
         out = []
         for cls, col, x0, y0, s, rot in objs:
