@@ -6,6 +6,7 @@ items, the same seed for every dataset), so a metric does not grow with volume a
 * ``distinct_1..4`` — distinct word n-grams / all word n-grams over the subsample's captions;
 * ``unique_caption_ratio`` — distinct captions / captions in the subsample;
 * ``coverage`` — distinct atomic compositions in the subsample / trainable compositions of the world;
+* ``attributes_per_caption`` — mean number of stated attributes (colours, counts ≥ 2, relations): density;
 * ``vendi_caption`` — Vendi score (exp of the entropy of the normalised similarity kernel's
   eigenvalues) of TF-IDF word 1–2-gram caption vectors with a cosine kernel;
 * ``vendi_image`` — Vendi score of cheap image features (8×8 average-pooled RGB, centred, cosine kernel).
@@ -22,6 +23,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+METRICS = ("distinct_1", "distinct_2", "distinct_3", "distinct_4", "unique_caption_ratio", "coverage",
+           "attributes_per_caption", "vendi_caption", "vendi_image", "realised_coverage", "unique_compositions", "unique_captions")
 SUBSAMPLE_SEED = 20250311  # fixed: every dataset is measured on the same kind of subsample
 
 
@@ -68,13 +71,34 @@ def vendi_from_features(x: Any) -> float:
     return float(np.exp(-(ev * np.log(ev)).sum()))
 
 
-def vendi_captions(captions: Sequence[str]) -> float:
-    from sklearn.feature_extraction.text import TfidfVectorizer
+def tfidf(captions: Sequence[str]) -> Any:
+    """TF-IDF of word 1–2-grams, identical to scikit-learn's ``TfidfVectorizer(ngram_range=(1, 2),
+    token_pattern=r"[^ ]+")`` (smooth idf, l2 rows) — written out with scipy because importing
+    scikit-learn costs seconds per process, more than the whole smoke dataset build."""
+    import scipy.sparse as sp
 
+    vocab: dict[tuple[str, ...], int] = {}
+    rows, cols = [], []
+    for r, c in enumerate(captions):
+        w = c.split()
+        for g in [(t,) for t in w] + list(zip(w, w[1:])):
+            rows.append(r)
+            cols.append(vocab.setdefault(g, len(vocab)))
+    n = len(captions)
+    tf = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(vocab)))
+    tf.sum_duplicates()
+    df = np.bincount(tf.indices, minlength=len(vocab))
+    idf = np.log((1 + n) / (1 + df)) + 1.0
+    x = tf @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
+    norms[norms == 0] = 1.0
+    return sp.csr_matrix(sp.diags(1.0 / norms) @ x)
+
+
+def vendi_captions(captions: Sequence[str]) -> float:
     if not captions:
         return 0.0
-    x = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"[^ ]+").fit_transform(list(captions))
-    return vendi_from_features(x)
+    return vendi_from_features(tfidf(captions))
 
 
 def image_features(images: np.ndarray, grid: int = 8) -> np.ndarray:
@@ -106,8 +130,10 @@ def subsample_metrics(captions: Sequence[str], comps: Iterable[Iterable[tuple]],
     """The subsample metrics (see module docstring). ``comps`` are each item's atomic compositions."""
     out = {f"distinct_{n}": distinct_n(captions, n) for n in (1, 2, 3, 4)}
     out["unique_caption_ratio"] = len(set(captions)) / max(1, len(captions))
-    seen = {c for cs in comps for c in cs}
+    comps = [list(cs) for cs in comps]
+    seen = {tuple(c) for cs in comps for c in cs}
     out["coverage"] = len(seen) / n_trainable if n_trainable else 0.0
+    out["attributes_per_caption"] = float(np.mean([len(cs) for cs in comps])) if comps else 0.0
     out["vendi_caption"] = vendi_captions(captions)
     if images is not None:
         out["vendi_image"] = vendi_images(images)

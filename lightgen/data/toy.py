@@ -126,7 +126,9 @@ class ToyDataset:
             cached = self.manifest.get("diversity", {}).get(str(self.size))
             sub = self.cfg.data.diversity_subsample
             if cached and cached.get("_subsample") == sub:
-                self._diversity = {k: v for k, v in cached.items() if not k.startswith("_")}
+                from lightgen.data.diversity import METRICS
+
+                self._diversity = {k: cached[k] for k in METRICS if k in cached}
             else:
                 self._diversity = self._measure(sub)
                 self._save_diversity(sub)

@@ -8,7 +8,10 @@ Why three knobs: the study asks whether caption *diversity* matters more than da
   captions may use.  The allowed subsets are nested (a larger coverage adds compositions, never swaps
   them) and balanced: (colour, class) and (class, count) pairs are taken diagonal by diagonal of a
   seeded Latin-square order, so every class gets the same number of colours/counts and every colour
-  serves the same number of classes.  Compositions are then sampled uniformly from the allowed lists.
+  serves the same number of classes; relation triples come in rounds that give every class one triple
+  as subject.  The first round (one composition of each kind per class) is always allowed, so every
+  class keeps a colour, a count and a relation even at the lowest coverage.  Compositions are then
+  sampled uniformly from the allowed lists.
 * **variety** (b) ∈ [0, 1] — linguistic variety: how many sentence templates are in use
   (1 + variety·(T−1)), how many paraphrases of each construction (word order of two objects, inverse
   relations "B right of A" for "A left of B", "a circle that is red" for "a red circle"), and the
@@ -106,6 +109,19 @@ def _balanced_order(rows: list[Any], cols: list[Any], rng: np.random.Generator) 
     return out
 
 
+def _balanced_triples(classes: list[str], relations: list[str], rng: np.random.Generator) -> list[tuple]:
+    """All (a, relation, b) triples in rounds: each round gives every class one triple as subject."""
+    pools = {a: [(a, r, b) for r in relations for b in classes if b != a] for a in classes}
+    for a in classes:
+        pools[a] = [pools[a][i] for i in rng.permutation(len(pools[a]))]
+    out = []
+    for k in range(max((len(p) for p in pools.values()), default=0)):
+        for i in rng.permutation(len(classes)):
+            if k < len(pools[classes[i]]):
+                out.append(pools[classes[i]][k])
+    return out
+
+
 class CaptionGenerator:
     """Seeded (spec, caption) stream for a toy world at given diversity knobs.
 
@@ -137,18 +153,20 @@ class CaptionGenerator:
         w, cov = self.world, self.knobs.coverage
         rng = np.random.default_rng([w.seed, 7919])  # by world only: nested in coverage
 
-        def prefix(order: list, held: frozenset) -> list:
+        def prefix(order: list, held: frozenset, floor: int) -> list:
             trainable = [p for p in order if p not in held]
-            return trainable[: max(1, math.ceil(cov * len(trainable)))]
+            return trainable[: max(floor, math.ceil(cov * len(trainable)))]
 
-        cc = prefix([(col, cls) for cls, col in _balanced_order(w.classes, w.colors, rng)], w.heldout_color_class)
+        # Balanced orders: any prefix gives every class (nearly) the same number of compositions, and
+        # the first "round" (one per class) is always allowed, so every class keeps a colour and a count.
+        n_cls = len(w.classes)
+        cc = prefix([(col, cls) for cls, col in _balanced_order(w.classes, w.colors, rng)], w.heldout_color_class, n_cls)
         self.color_pairs = cc
         self.colors_of = {cls: [c for c, k in cc if k == cls] for cls in w.classes}
         counts = [n for n in w.counts if n >= 2]
-        self.count_pairs = prefix(_balanced_order(w.classes, counts, rng), w.heldout_class_count) if counts else []
-        triples = [(a, r, b) for a in w.classes for r in w.relations for b in w.classes if a != b]
-        triples = [triples[i] for i in rng.permutation(len(triples))]
-        self.relation_triples = prefix(triples, w.heldout_relation) if triples else []
+        self.count_pairs = (prefix(_balanced_order(w.classes, counts, rng), w.heldout_class_count, n_cls)
+                            if counts else [])
+        self.relation_triples = prefix(_balanced_triples(w.classes, w.relations, rng), w.heldout_relation, n_cls)
         self.rel_of = {}
         for a, r, b in self.relation_triples:
             self.rel_of.setdefault((a, b), []).append(r)
