@@ -401,14 +401,22 @@ class RealDataset:
 
 def get_real_dataset(cfg: Any, progress: bool = False, on_shard: Any = None, teacher: Any = None) -> RealDataset:
     """Build (or reuse / resume) the real-world dataset of ``cfg``; see the module docstring."""
-    import torch
-
-    from lightgen.data.toy import _progress, cache_root
+    from lightgen.data.toy import cache_root
 
     identity = real_identity(cfg)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root(cfg) / f"real-{key}"
     folder.mkdir(parents=True, exist_ok=True)
+    with store.build_lock(folder):
+        return _get_real_locked(cfg, folder, identity, key, progress, on_shard, teacher)
+
+
+def _get_real_locked(cfg: Any, folder: Path, identity: dict, key: str, progress: bool, on_shard: Any,
+                     teacher: Any) -> RealDataset:
+    import torch
+
+    from lightgen.data.toy import _progress
+
     store.cleanup_temp(folder)
     size = cfg.data.actual_size
 

@@ -9,6 +9,7 @@ so an interrupted build resumes after the last *listed* shard and nothing half-w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -174,3 +175,22 @@ def cleanup_temp(folder: Path) -> None:
                 os.unlink(p)
             except OSError:
                 pass
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path):
+    """Exclusive lock on a dataset folder while building, so parallel sweep workers asking for the same
+    dataset build it once (the others wait, then find it complete).  A read-only cache is not locked."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

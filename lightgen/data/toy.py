@@ -252,5 +252,7 @@ def get_toy_dataset(cfg: Any, progress: bool = False, on_shard: Any = None) -> T
     key = stream_key(identity)
     folder = cache_root(cfg) / key
     size = cfg.data.actual_size
-    manifest = _build(cfg, world, gen, folder, identity, key, size, progress, on_shard)
+    folder.mkdir(parents=True, exist_ok=True)
+    with store.build_lock(folder):
+        manifest = _build(cfg, world, gen, folder, identity, key, size, progress, on_shard)
     return ToyDataset(cfg, world, gen, folder, manifest, size)
