@@ -110,9 +110,13 @@ class TextEncoder(nn.Module):
                 from safetensors.torch import load_file
 
                 try:
-                    self.t5.load_state_dict(load_file(weights))
+                    res = self.t5.load_state_dict(load_file(weights), strict=False)
                 except (OSError, RuntimeError) as e:
                     raise ValueError(f"model.text_encoder_weights: cannot load {weights}: {e}") from e
+                missing = [k for k in res.missing_keys if k != "encoder.embed_tokens.weight"]  # tied to shared
+                if missing or res.unexpected_keys:
+                    raise ValueError(f"model.text_encoder_weights: {weights} does not fit the toy T5 "
+                                     f"(missing {missing[:3]}, unexpected {res.unexpected_keys[:3]})")
         else:
             from transformers import AutoTokenizer, T5EncoderModel
 
