@@ -41,7 +41,7 @@ def unpatchify(tokens: torch.Tensor, p: int, channels: int) -> torch.Tensor:
 
 def images_to_float(images: Any, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 BHWC (numpy or tensor) → float BCHW in [-1, 1]."""
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    t = torch.from_numpy(np.array(images, dtype=np.uint8)) if not isinstance(images, torch.Tensor) else images
     if t.dim() != 4 or t.shape[-1] != 3:
         raise ValueError(f"images must be [B, H, W, 3], got shape {tuple(t.shape)}")
     t = t.to(device=device)
