@@ -153,6 +153,25 @@ class ModelConfig(_Section):
     text_dropout: float = Field(0.1, ge=0.0, le=1.0)
     attn_dropout: float = Field(0.0, ge=0.0, le=1.0)
     proj_dropout: float = Field(0.0, ge=0.0, le=1.0)
+    buffer_size: int | None = Field(None, ge=0, description="learned buffer tokens in the encoder (MAR)")
+    text_dim: int | None = Field(None, ge=8, description="width of the text features (cached embeddings)")
+    toy_text_width: int = Field(64, ge=8, description="d_model of the toy T5 encoder")
+    toy_text_depth: int = Field(2, ge=1, description="layers of the toy T5 encoder")
+    text_encoder_weights: str | None = Field(
+        None, description="safetensors weights of a toy T5 (text_encoder_mode=pretrained-toy)"
+    )
+    diffusion_sampler: Literal["ddpm", "ddim"] = Field(
+        "ddpm", description="ddpm = stochastic (DDIM eta=1, temperature scales the noise); ddim = eta 0"
+    )
+    train_diffusion_steps: int = Field(1000, ge=10, description="DDPM training timesteps (cosine)")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.width is not None and self.heads is not None and self.width % self.heads:
+            raise ValueError(f"model.width={self.width} must be a multiple of model.heads={self.heads}")
+        if self.text_encoder_mode == "pretrained-toy" and self.text_encoder != "toy":
+            raise ValueError("model.text_encoder_mode=pretrained-toy needs model.text_encoder=toy")
+        return self
 
 
 class TrainConfig(_Section):

@@ -1,0 +1,222 @@
+"""Checkpoints: a folder of safetensors files plus JSON/YAML, never pickle.
+
+Layout (``docs/ARCHITECTURE.md``)::
+
+    step-0000300/
+      model.safetensors      trainable + frozen-toy weights (a frozen *hub* T5 is not copied)
+      ema.safetensors        EMA of the trainable weights (used for sampling and evaluation)
+      optimizer.safetensors  AdamW moments, keyed "<param index>.<name>"
+      state.json             step, optimizer param groups, RNG states (as lists), vocabulary
+      config.yaml            the resolved ExperimentConfig
+
+A checkpoint is written into ``.step-0000300.tmp`` and renamed when complete, so a crash never leaves a
+half-written folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from lightgen.cliutil import UserError
+from lightgen.config import ExperimentConfig, load_config, read_yaml
+
+FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+# config keys that change the architecture or the data a checkpoint was trained on
+COMPAT_PREFIXES = ("model.", "data.resolution", "world.kind")
+COMPAT_EXEMPT = ("model.text_dropout", "model.attn_dropout", "model.proj_dropout", "model.diffusion_sampler",
+                 "model.mask_ratio_min", "model.mask_ratio_mean", "model.mask_ratio_std")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"step-{step:07d}"
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under ``root`` (or ``root`` itself), oldest first."""
+    root = Path(root)
+    if (root / "state.json").is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and all((p / f).is_file() for f in FILES)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    cps = list_checkpoints(root)
+    return cps[-1] if cps else None
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weights worth saving: everything except a frozen pretrained (hub) text encoder."""
+    te = model.text_encoder
+    skip_te = te.t5 is not None and te.frozen and te.source != "toy"
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if skip_te and k.startswith("text_encoder."):
+            continue
+        if v.numel() and v.data_ptr() in seen:  # tied weights (T5's shared/embed_tokens) are stored once
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v.detach().contiguous().cpu()
+    return out
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _opt_load(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(s["torch"], dtype=torch.uint8))
+    n = s["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+    p = s["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | None, cfg: ExperimentConfig, vocab: list[str] | None,
+                    extra: dict[str, Any] | None = None, keep: int = 2) -> Path:
+    """Write ``root/step-XXXXXXX`` atomically (temp folder + rename); keep the newest ``keep``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = root / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / "model.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    opt_t, opt_meta = _opt_tensors(optimizer) if optimizer is not None else ({}, {"param_groups": [], "scalars": {}})
+    save_file(opt_t, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, "rng": rng_state(), "vocab": vocab, **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "config.yaml").write_text(cfg.to_yaml())
+    for f in tmp.iterdir():  # make the files durable before the rename publishes them
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _check_safe(path: Path) -> None:
+    bad = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if bad:
+        raise UserError(f"{path}: refusing pickle-based files {bad}; checkpoints must be safetensors")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise UserError(f"{path} is not a complete LightGen checkpoint (missing {', '.join(missing)})")
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file():
+        raise UserError(f"{p}: a checkpoint is a folder of safetensors files, not a single file")
+    if not p.exists():
+        raise UserError(f"checkpoint not found: {p}")
+    cp = latest_checkpoint(p)
+    if cp is None:
+        if p.is_dir():
+            _check_safe(p)
+        raise UserError(f"no checkpoint found under {p}")
+    _check_safe(cp)
+    return cp
+
+
+def read_state(cp: Path) -> dict[str, Any]:
+    try:
+        return json.loads((cp / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{cp / 'state.json'}: unreadable checkpoint state: {e}") from e
+
+
+def incompatible_keys(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
+    fa, fb = a.flat(), b.flat()
+    keys = [k for k in sorted(set(fa) | set(fb)) if k.startswith(COMPAT_PREFIXES) and k not in COMPAT_EXEMPT]
+    return [f"{k}: checkpoint {fa.get(k)!r} vs config {fb.get(k)!r}" for k in keys if fa.get(k) != fb.get(k)]
+
+
+def check_compatible(ckpt_cfg: ExperimentConfig, cfg: ExperimentConfig, where: Path) -> None:
+    diff = incompatible_keys(ckpt_cfg, cfg)
+    if diff:
+        raise UserError(f"checkpoint {where} was trained with an incompatible config:\n  " + "\n  ".join(diff))
+
+
+def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path, strict_keys: bool = True) -> None:
+    own = model.state_dict()
+    bad_shape = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in tensors.items() if k in own and own[k].shape != v.shape]
+    unknown = [k for k in tensors if k not in own]
+    if bad_shape or unknown:
+        raise UserError(f"{where}: weights do not fit the model (shape mismatch: {bad_shape[:5]}, unknown: {unknown[:5]})")
+    missing = [k for k in own if k not in tensors and not k.startswith("text_encoder.")]
+    if strict_keys and missing:
+        raise UserError(f"{where}: weights missing for {missing[:5]}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_checkpoint(path: str | Path, *, weights: str = "ema", device: str | torch.device | None = None,
+                    expect: ExperimentConfig | None = None) -> tuple[torch.nn.Module, ExperimentConfig]:
+    """Rebuild the model from a checkpoint folder (or a run folder: its newest checkpoint).
+
+    ``weights="ema"`` (default, what sampling and evaluation use) or ``"model"`` (raw weights).
+    ``expect``: refuse the checkpoint unless its architecture matches this config.
+    """
+    from lightgen.model.mar import build_model
+
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    cp = resolve_checkpoint(path)
+    cfg = load_config(read_yaml(cp / "config.yaml"))
+    if expect is not None:
+        check_compatible(cfg, expect, cp)
+    state = read_state(cp)
+    model = build_model(cfg, vocab=state.get("vocab"))
+    load_state_into(model, load_file(str(cp / "model.safetensors")), cp)
+    if weights == "ema":
+        ema = load_file(str(cp / "ema.safetensors"))
+        load_state_into(model, ema, cp, strict_keys=False)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, cfg

@@ -1,0 +1,235 @@
+"""The MAR student: tokenizers, masking statistics, padding invariance, the DPO-facing loss API, sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightgen.config import ConfigError, load_config
+from lightgen.model.mar import build_model
+from lightgen.model.sampling import sample_images
+from lightgen.model.tokenizers import LatentTokenizer, PatchTokenizer, VAETokenizer
+from lightgen.train.squares import SquaresDataset
+
+torch.set_num_threads(1)
+
+MICRO = [
+    "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
+    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=32",
+    "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
+    "eval.num_iter=4", "eval.diffusion_steps=3", "eval.cfg=2.0", "eval.batch_size=4",
+]
+
+
+def micro_cfg(*extra: str):
+    return load_config("smoke", [*MICRO, *extra])
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return SquaresDataset(32, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def model(ds):
+    return build_model(micro_cfg(), vocab=ds.vocabulary())
+
+
+def test_patch_tokenizer_round_trip_exact():
+    tok = PatchTokenizer(16, 4)
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    t = tok.encode_images(imgs)
+    assert t.shape == (3, 16, 48) and tok.seq_len == 16 and tok.token_dim == 48
+    assert float(t.min()) >= -1 and float(t.max()) <= 1
+    assert np.array_equal(tok.decode(t), imgs)
+    with pytest.raises(ValueError, match="data.resolution"):
+        tok.encode_images(imgs[:, :8, :8])
+
+
+def test_vae_tokenizer_normalises_with_shift_and_scale():
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, scaling_factor=0.5, shift_factor=0.1)
+    tok = VAETokenizer(vae, resolution=16, patch_size=2)
+    assert (tok.stride, tok.grid, tok.seq_len, tok.token_dim) == (2, 4, 16, 16)
+    moments = torch.zeros(2, 8, 8, 8)
+    moments[:, :4] = 1.1
+    moments[:, 4:] = -60.0  # ~zero variance: tokens are the normalised mean
+    t = tok.encode_batch({"latent_moments": moments})
+    assert torch.allclose(t, torch.full_like(t, (1.1 - 0.1) * 0.5), atol=1e-5)
+    imgs = tok.decode(t)
+    assert imgs.shape == (2, 16, 16, 3) and imgs.dtype == np.uint8
+    t2 = tok.encode_batch({"images": imgs})
+    assert t2.shape == t.shape
+    with pytest.raises(ValueError, match="latent_moments"):
+        tok.encode_batch({"latent_moments": torch.zeros(2, 6, 8, 8)})
+
+
+def test_shapes_and_loss_reductions(model, ds):
+    batch = ds.get_batch(np.arange(4))
+    noise = model.sample_training_noise(4, torch.Generator().manual_seed(0))
+    assert noise["mask"].shape == (4, 16) and noise["t"].shape == (4, model.diffusion_batch_mul, 16)
+    assert noise["noise"].shape == (4, model.diffusion_batch_mul, 16, 192) and noise["drop_text"].shape == (4,)
+    per = model.diffusion_loss(batch, **noise)
+    assert per.shape == (4,) and torch.isfinite(per).all()
+    mean = model.diffusion_loss(batch, reduction="mean", **noise)
+    assert torch.allclose(mean, per.mean(), atol=1e-6)
+    ctx, cmask = model.encode_text(batch["captions"])
+    z = model.forward_features(model.tokenizer.encode_batch(batch), noise["mask"], ctx, cmask)
+    assert z.shape == (4, 16, 32)
+
+
+def test_masking_statistics(model):
+    from scipy.stats import truncnorm
+
+    g = torch.Generator().manual_seed(1)
+    ratios = []
+    counts = torch.zeros(16)
+    for _ in range(400):
+        nz = model.sample_training_noise(8, g)
+        m = nz["mask"]
+        per_row = m.sum(1)
+        assert (per_row == per_row[0]).all() and int(per_row[0]) == nz["n_masked"]  # one ratio per batch
+        ratios.append(float(per_row[0]) / 16)
+        counts += m.float().sum(0)
+    ratios = np.array(ratios)
+    assert ratios.min() >= 0.7 - 1e-9 and ratios.max() <= 1.0
+    # ceil(r·L)/L of a N(1, .25) truncated to [0.7, 1]: mean within 0.03 of the continuous mean (+ rounding)
+    expected = truncnorm((0.7 - 1.0) / 0.25, 0.0, loc=1.0, scale=0.25).mean()
+    assert abs(ratios.mean() - expected) < 0.03 + 1 / 16
+    # random order: every position is masked about equally often
+    share = counts / counts.sum()
+    assert float(share.max() / share.min()) < 1.25
+    # text dropout ≈ 10%
+    drops = torch.cat([model.sample_training_noise(64, g)["drop_text"] for _ in range(50)]).float().mean()
+    assert 0.07 < float(drops) < 0.13
+
+
+def test_padding_changes_nothing(model, ds):
+    batch = ds.get_batch(np.arange(3))
+    caps = batch["captions"]
+    model.eval()
+    with torch.no_grad():
+        c1, m1 = model.encode_text(caps)
+        c2, m2 = model.encode_text(caps, pad_to=m1.shape[1] + 9)
+        assert c2.shape[1] == c1.shape[1] + 9 and not bool(m2[:, c1.shape[1]:].any())
+        assert torch.allclose(c1, c2[:, : c1.shape[1]], atol=1e-5)
+        tokens = model.tokenizer.encode_batch(batch)
+        nz = model.sample_training_noise(3, torch.Generator().manual_seed(2))
+        z1 = model.forward_features(tokens, nz["mask"], c1, m1)
+        z2 = model.forward_features(tokens, nz["mask"], c2, m2)
+        assert torch.allclose(z1, z2, atol=1e-5)
+        # garbage in the padded slots must not leak either
+        c3 = c2.clone()
+        c3[~m2] = 1e3
+        assert torch.allclose(z1, model.forward_features(tokens, nz["mask"], c3, m2), atol=1e-5)
+        # while the text itself does matter
+        c4, m4 = model.encode_text(["a photo of a blue square on the top"] * 3)
+        assert not torch.allclose(z1, model.forward_features(tokens, nz["mask"], c4, m4), atol=1e-4)
+
+
+def test_injected_noise_makes_losses_comparable(ds):
+    """The DPO contract: same (mask, t, noise) → same loss; a different image → a different loss."""
+    model = build_model(micro_cfg(), vocab=ds.vocabulary())
+    with torch.no_grad():  # the head starts zero-initialised (predicts 0): give it some weights
+        for name, p in model.head.named_parameters():
+            if p.ndim == 2:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    win, lose = ds.get_batch(np.arange(4)), ds.get_batch(np.arange(4, 8))
+    lose["captions"] = win["captions"]
+    nz = model.sample_training_noise(4, torch.Generator().manual_seed(3))
+    nz.pop("drop_text")
+    a = model.diffusion_loss(win, **nz)
+    b = model.diffusion_loss(win, **nz)
+    c = model.diffusion_loss(lose, **nz)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    a.sum().backward()
+    assert model.head.out.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    bad = nz["mask"].clone()
+    bad[0] = ~bad[0] if bad[0].sum() != 8 else bad[0]
+    bad[0, :] = False
+    with pytest.raises(ValueError, match="same number"):
+        model.diffusion_loss(win, mask=bad, t=nz["t"], noise=nz["noise"])
+    with pytest.raises(ValueError, match="reduction"):
+        model.diffusion_loss(win, reduction="sum", **nz)
+
+
+def test_text_dropout_uses_null_embedding(model, ds):
+    batch = ds.get_batch(np.arange(2))
+    ctx, m = model.encode_text(batch["captions"], drop_text=torch.tensor([True, False]))
+    assert torch.equal(m[0], torch.nn.functional.pad(torch.ones(1, dtype=torch.bool), (0, m.shape[1] - 1)))
+    assert torch.allclose(ctx[0, 0], model.null_text[0, 0])
+    assert bool(m[1].sum() > 1)
+
+
+def test_text_encoder_modes(ds, tmp_path):
+    trainable = build_model(micro_cfg("model.text_encoder_mode=trainable"), vocab=ds.vocabulary())
+    frozen = build_model(micro_cfg("model.text_encoder_mode=frozen"), vocab=ds.vocabulary())
+    assert all(p.requires_grad for p in trainable.text_encoder.parameters())
+    assert not any(p.requires_grad for p in frozen.text_encoder.parameters())
+    with pytest.raises(ValueError, match="text_encoder_weights"):
+        build_model(micro_cfg("model.text_encoder_mode=pretrained-toy"), vocab=ds.vocabulary())
+    from safetensors.torch import save_file
+
+    w = {k: v.clone() + 1.0 for k, v in trainable.text_encoder.t5.state_dict().items() if "embed_tokens" not in k}
+    save_file(w, str(tmp_path / "t5.safetensors"))
+    pre = build_model(micro_cfg("model.text_encoder_mode=pretrained-toy",
+                                f"model.text_encoder_weights={tmp_path / 't5.safetensors'}"), vocab=ds.vocabulary())
+    assert torch.equal(pre.text_encoder.t5.shared.weight, w["shared.weight"])
+    assert not any(p.requires_grad for p in pre.text_encoder.parameters())
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_model(micro_cfg())
+
+
+def test_toy_tokenizer_pads_and_handles_unknown_words(model):
+    tok = model.text_encoder.toy_tokenizer
+    ids, mask = tok(["a red square", "a zebra square on the left"], pad_to=10)
+    assert ids.shape == (2, 10) and mask.sum(1).tolist() == [4, 7]
+    assert ids[1, 1] == 2  # <unk>
+    assert ids[0, 3] == 1  # </s>
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="model.heads"):
+        load_config("smoke", ["model.width=30", "model.heads=4"])
+    with pytest.raises(ConfigError, match="pretrained-toy"):
+        load_config("smoke", ["model.text_encoder_mode=pretrained-toy", "model.text_encoder=/some/t5"])
+    with pytest.raises(ConfigError, match="diffusion_sampler"):
+        load_config("smoke", ["model.diffusion_sampler=euler"])
+
+
+def test_L_builds_on_meta_with_792M_params():
+    cfg = load_config("paper", ["model.text_encoder=cached"])
+    with torch.device("meta"):
+        m = build_model(cfg, tokenizer=LatentTokenizer(16, 32, 2))
+    assert (m.seq_len, m.token_dim, m.text_encoder.dim, m.width) == (256, 64, 4096, 1024)
+    n = m.num_params()
+    assert abs(n - 792.2e6) / 792.2e6 < 0.01, n
+    head = sum(p.numel() for p in m.head.parameters())
+    assert 0.68e9 < n - head < 0.70e9  # the paper's "0.7B" without the head
+    assert len(m.encoder_blocks) == 16 + 8 and len(m.decoder_blocks) == 16 + 8 and len(m.aligner.blocks) == 6
+
+
+def test_sampling_is_seeded_and_inpainting_keeps_known_tokens(model, ds):
+    cfg = micro_cfg()
+    caps = ["a photo of a red square on the left", "a photo of a blue square on the top"]
+    a = sample_images(model, caps, cfg.eval, seed=0)
+    b = sample_images(model, caps, cfg.eval, seed=0)
+    c = sample_images(model, caps, cfg.eval, seed=1)
+    assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    lin = micro_cfg("eval.cfg_schedule=linear", "model.diffusion_sampler=ddim").eval
+    assert sample_images(model, caps, lin, seed=0).shape == (2, 32, 32, 3)
+    src = ds.get_batch(np.arange(2))["images"]
+    known = torch.zeros(16, dtype=torch.bool)
+    known[:8] = True  # top half kept
+    kt = model.tokenizer.encode_batch({"images": src})
+    out = sample_images(model, caps, cfg.eval, seed=3, known_tokens=kt, known_mask=known)
+    assert np.array_equal(out[:, :16], src[:, :16])
+    assert not np.array_equal(out[:, 16:], src[:, 16:])
