@@ -434,3 +434,25 @@ def test_scripts_run_from_the_repo_root():
         r = subprocess.run([sys.executable, f"analysis/{name}.py", "--sweep"], cwd=REPO, capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_other_knobs_missing_metrics_and_unscored_points(tmp_path):
+    """A bundle-only sweep: eval.cfg distinguishes the points, dpo.base differs per run (not a knob)."""
+    rows = []
+    for i, (point, cfg, seed, overall) in enumerate([("a", "2.0", 0, 0.5), ("a", "2.0", 1, None),
+                                                    ("b", "4.0", 0, 0.7), ("b", "4.0", 1, 0.9),
+                                                    ("c", "8.0", 0, None)]):
+        rows.append({"run_id": f"r{i}", "experiment": "lightgen/cfg", "status": "FINISHED",
+                     "start_time": pd.Timestamp(1_700_000_000 + i, unit="s", tz="UTC"),
+                     "tags.lightgen.kind": "trial", "tags.lightgen.sweep": "cfg", "tags.lightgen.point_id": point,
+                     "tags.lightgen.seed": str(seed), "params.eval.cfg": cfg, "params.dpo.base": f"run{i}",
+                     "params.data.resolution": "32", "metrics.geneval/overall": overall})
+    path = write_bundle(pd.DataFrame(rows), None, None, tmp_path / "cfg")
+    data = load_sweep(bundle=path)
+    pts = T.point_summary(data, n_boot=50)
+    t = T.build_ablation_table(data, "cfg", pts)
+    assert cells(t, "eval.cfg") == ["2", "4", "8"] and "dpo.base" not in t.columns
+    assert cells(t, "Overall")[:2] == [0.5, 0.8] and np.isnan(cells(t, "Overall")[2])
+    assert any("missing in 1 of 2 seed runs" in n for n in data.notes)
+    t3 = T.build_paper_table(3, pts)
+    assert len(t3.blocks[1].rows) == 2 and any("without any GenEval score" in n for n in t3.notes)
