@@ -18,18 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's lightgen first
 
-from lightgen.analysis import curves as C  # noqa: E402
-from lightgen.analysis.loader import load_sweep  # noqa: E402
 from lightgen.analysis.script import run_main, source_arguments, warn  # noqa: E402
-from lightgen.cliutil import UserError  # noqa: E402
-from lightgen.utils import write_atomic  # noqa: E402
+
+# the keys of lightgen.analysis.curves.ALL_PLOTS, spelled out so that --help needs no heavy import
+PLOT_NAMES = ["scale", "samples_seen", "iterations", "diversity_knobs", "diversity_measured", "heatmap", "dpo"]
+
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make_curves.py", description=__doc__.split("\n\n")[0])
     source_arguments(p)
     p.add_argument("--out", default=None, help="output folder (default mlruns/analysis/figures/<sweep|all>)")
-    p.add_argument("--only", action="append", choices=sorted(C.ALL_PLOTS), default=None,
+    p.add_argument("--only", action="append", choices=PLOT_NAMES, default=None,
                    help="draw only these figures (repeatable)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
     args = p.parse_args(argv)
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def draw(data, folder: Path, names: list[str], formats: list[str], sweep: str | None) -> list:
     """Draw the named figures of one sweep into ``folder`` (with the plotted numbers as CSV)."""
+    from lightgen.analysis import curves as C
+    from lightgen.utils import write_atomic
+
     drawn = []
     for name in names:
         df = C.ALL_PLOTS[name](data, out_dir=folder, formats=formats)
@@ -59,6 +62,9 @@ def draw(data, folder: Path, names: list[str], formats: list[str], sweep: str | 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from lightgen.analysis.loader import load_sweep
+    from lightgen.cliutil import UserError
+
     data = load_sweep(args.tracking_uri, sweep=args.sweep, experiment=args.experiment, bundle=args.bundle)
     out = Path(args.out) if args.out else Path("mlruns") / "analysis" / "figures" / (args.sweep or "all")
     if out.exists() and not out.is_dir():
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     drawn_any = False
     for sweep, sub in groups:
         folder = out if (args.sweep or len(groups) == 1) else out / str(sweep)
-        drawn = draw(sub, folder, args.only or list(C.ALL_PLOTS), args.formats, sweep)
+        drawn = draw(sub, folder, args.only or PLOT_NAMES, args.formats, sweep)
         drawn_any = drawn_any or bool(drawn)
         rid = sub.parent_run_id(sweep) if sweep is not None else None
         if drawn and rid is not None and not args.no_log and sub.source.client is not None:

@@ -19,11 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's lightgen first
 
-from lightgen.analysis import tables as T  # noqa: E402
-from lightgen.analysis.loader import load_sweep  # noqa: E402
 from lightgen.analysis.script import run_main, source_arguments, warn  # noqa: E402
-from lightgen.cliutil import UserError  # noqa: E402
-from lightgen.utils import write_atomic  # noqa: E402
+
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,21 +42,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def build_tables(args: argparse.Namespace):
+    from lightgen.analysis import tables as T
+    from lightgen.analysis.loader import load_sweep
+
     data = load_sweep(args.tracking_uri, sweep=args.sweep, experiment=args.experiment, bundle=args.bundle)
     points = T.point_summary(data, n_boot=args.n_boot, seed=args.seed)
     tables = []
     if args.only in ("all", "paper"):
-        tables += [T.build_paper_table(n, points, partial=data.partial) for n in (1, 2, 3)]
+        # the selection's notes (what was left out) once, under the last paper table
+        tables += [T.build_paper_table(n, points, notes=data.notes if n == 3 else None, partial=data.partial)
+                   for n in (1, 2, 3)]
     if args.only in ("all", "ablation"):
         for sweep in sorted(points["sweep"].dropna().unique()):
             tables.append(T.build_ablation_table(data, sweep, points, n_resamples=args.n_resamples,
                                                  seed=args.seed, per_task_split=args.per_task_split))
-    if data.notes and args.only == "paper":
-        tables[-1].notes.extend(data.notes)
     return data, tables
 
 
 def render_all(tables, fmt: str) -> str:
+    from lightgen.analysis import tables as T
+
     if fmt == "csv":
         import io
 
@@ -80,6 +82,8 @@ def render_all(tables, fmt: str) -> str:
 
 def log_to_parents(data, tables, markdown: str) -> list[str]:
     """Log the Markdown and each table (as an MLflow table) to the parent run of every sweep shown."""
+    from lightgen.analysis import tables as T
+
     logged = []
     client = data.source.client
     for sweep in sorted(data.runs["sweep"].dropna().unique()):
@@ -98,6 +102,9 @@ def log_to_parents(data, tables, markdown: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from lightgen.cliutil import UserError
+    from lightgen.utils import write_atomic
+
     data, tables = build_tables(args)
     text = render_all(tables, args.format)
     if args.out:

@@ -2,15 +2,28 @@
 
 Importable API (the scripts in ``analysis/`` are thin command lines around it):
 ``load_runs``, ``load_prompt_results``, ``load_sweep`` (loader), ``write_bundle``/``read_bundle``
-(bundle), ``hierarchical_bootstrap``, ``paired_test``, ``holm`` (stats), ``build_*``/``render`` (tables),
-``plot_*`` (curves).
+(bundle), ``hierarchical_bootstrap``, ``paired_test``, ``holm`` (stats), ``build_paper_table``,
+``build_ablation_table``, ``render`` (tables), ``plot_*`` (curves).
+
+Names are imported lazily so that ``python analysis/make_tables.py --help`` answers at once.
 """
 
-from lightgen.analysis.bundle import read_bundle, write_bundle
-from lightgen.analysis.loader import NoData, SweepData, load_prompt_results, load_runs, load_sweep
-from lightgen.analysis.stats import hierarchical_bootstrap, holm, paired_test
+from __future__ import annotations
 
-__all__ = [
-    "NoData", "SweepData", "hierarchical_bootstrap", "holm", "load_prompt_results", "load_runs",
-    "load_sweep", "paired_test", "read_bundle", "write_bundle",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "read_bundle": "bundle", "write_bundle": "bundle",
+    "NoData": "loader", "SweepData": "loader", "load_prompt_results": "loader", "load_runs": "loader",
+    "load_sweep": "loader",
+    "hierarchical_bootstrap": "stats", "holm": "stats", "paired_test": "stats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lightgen.analysis.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lightgen.analysis' has no attribute {name!r}")

@@ -11,10 +11,6 @@ import argparse
 import sys
 from typing import Callable
 
-from lightgen.analysis.loader import NoData
-from lightgen.cliutil import UserError
-from lightgen.config import ConfigError
-
 
 def source_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
@@ -34,6 +30,10 @@ def warn(msg: str) -> None:
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call ``main`` and turn expected failures into messages and exit codes."""
+    from lightgen.analysis.loader import NoData
+    from lightgen.cliutil import UserError
+    from lightgen.config import ConfigError
+
     try:
         return main(argv)
     except NoData as e:

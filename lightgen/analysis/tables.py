@@ -45,6 +45,29 @@ KNOB_LABELS = {"data.scale": "Scale", "data.caption_diversity": "Diversity", "da
                "data.variety": "Variety", "data.density": "Density", "train.iterations": "Iterations",
                "train.batch_size": "Batch", "dpo.mode": "Mode", "dpo.beta": "β", "model.size": "Model",
                "data.resolution": "Res."}
+# Params never treated as a sweep's knob even when they differ between points (bookkeeping).
+NOT_KNOBS = ("seed", "data.seed", "preset", "data.scale_label", "data.actual_size", "lightgen.", "tracking.",
+             "sweep.", "data.cache_dir", "data.num_workers", "data.storage", "train.device", "train.num_threads",
+             "dpo.base", "dpo.pairs")
+EXTRA = "param:"   # prefix of point columns holding other params that distinguish points
+
+
+def knob_label(k: str) -> str:
+    return KNOB_LABELS.get(k, k[len(EXTRA):] if k.startswith(EXTRA) else k)
+
+
+def _extra_knobs(runs: pd.DataFrame) -> list[str]:
+    """Params outside KNOBS that are constant within every point but differ between points."""
+    out = []
+    for c in runs.columns:
+        name = c[len("params."):]
+        if not c.startswith("params.") or name in KNOBS or any(
+                name == e or (e.endswith(".") and name.startswith(e)) for e in NOT_KNOBS):
+            continue
+        col = runs[c].astype(str)
+        if col.nunique() > 1 and (col.groupby(runs["point_id"]).nunique() == 1).all():
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -108,6 +131,7 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
     """One row per point: knob values, mean scores over seeds, CI, compute and a display label."""
     runs = data.runs
     results = data.prompt_results()
+    extra = _extra_knobs(runs)
     rows = []
     for pid, grp in runs.groupby("point_id", sort=False):
         first = grp.iloc[0]
@@ -117,12 +141,19 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
         for k in KNOBS:
             v = param_values(runs, k).loc[grp.index]
             row[k] = v.iloc[0] if v.notna().any() else None
+        for k in extra:
+            v = param_values(runs, k).loc[grp.index]
+            row[EXTRA + k] = v.iloc[0] if v.notna().any() else None
         row["data.scale_label"] = grp.get("params.data.scale_label", pd.Series([None])).iloc[0]
         row["data.actual_size"] = pd.to_numeric(grp.get("params.data.actual_size", pd.Series([None])),
                                                 errors="coerce").iloc[0]
         for prefix in ("geneval", "geneval_seen", "geneval_unseen", "geneval_before"):
             for t in (*GENEVAL_TASKS, "overall"):
                 row[f"{prefix}/{t}"] = _metric(grp, f"{prefix}/{t}").mean()
+        n_missing = int(_metric(grp, "geneval/overall").isna().sum())
+        if 0 < n_missing < len(grp):
+            data.notes.append(f"point {pid}: geneval/overall missing in {n_missing} of {len(grp)} seed runs; "
+                              "its cells average the others")
         for k in ("compute/samples_seen", "compute/epochs", "compute/train_flops", "compute/device_hours",
                   "model/params", "model/n_params"):
             row[k] = _metric(grp, k).mean()
@@ -167,7 +198,9 @@ def _fmt_knob(k: str, v) -> str:
 
 
 def _varying(pts: pd.DataFrame) -> list[str]:
-    return [k for k in KNOBS if k in pts.columns and pts[k].astype(str).nunique() > 1]
+    """The knobs that take several values among these points (the studio's knobs first, then others)."""
+    names = KNOBS + [c for c in pts.columns if c.startswith(EXTRA)]
+    return [k for k in names if k in pts.columns and pts[k].astype(str).nunique() > 1]
 
 
 def _labels(pts: pd.DataFrame) -> list[str]:
@@ -177,7 +210,7 @@ def _labels(pts: pd.DataFrame) -> list[str]:
         knobs = by_sweep.get(r["sweep"], [])
         if r.get("dpo.mode") == "sft":
             knobs = [k for k in knobs if k != "dpo.beta"]
-        desc = ", ".join(f"{KNOB_LABELS[k]} {_fmt_knob(k, r[k])}" for k in knobs)
+        desc = ", ".join(f"{knob_label(k)} {_fmt_knob(k, r[k])}" for k in knobs)
         labels.append(desc or str(r["point_id"]))
     return labels
 
@@ -232,6 +265,10 @@ def build_paper_table(table: int, points: pd.DataFrame | None, notes: list[str] 
         pts = points
         if table in TABLE_RESOLUTION:
             pts = pts[pd.to_numeric(pts["data.resolution"], errors="coerce") == TABLE_RESOLUTION[table]]
+        scored = pts[[f"geneval/{t}" for t in (*PAPER_TASK_ORDER, "overall")]].notna().any(axis=1)
+        if (~scored).any():
+            tnotes.append(f"{int((~scored).sum())} studio point(s) without any GenEval score are not listed.")
+        pts = pts[scored]
         for (world, pset), grp in pts.groupby(["world", "prompt_set"], sort=True):
             rows = pd.DataFrame({
                 "Model": [_studio_model(r, table) for _, r in grp.iterrows()],
@@ -298,7 +335,7 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
         else:
             pvals.append(np.nan)
     holm = stats.holm(pvals)
-    cols: dict[str, object] = {KNOB_LABELS[k]: [_fmt_knob(k, v) for v in pts[k]] for k in knobs}
+    cols: dict[str, object] = {knob_label(k): [_fmt_knob(k, v) for v in pts[k]] for k in knobs}
     if not knobs:
         cols["Point"] = pts["point_id"].to_numpy()
     cols["Seeds"] = pts["seeds"].astype(str).to_numpy()
