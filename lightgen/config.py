@@ -103,6 +103,8 @@ class DataConfig(_Section):
     diversity_subsample: int = Field(2000, ge=10, description="fixed subsample for diversity metrics")
     cache_dir: str | None = Field(None, description="default: <root>/datasets")
     num_workers: int = Field(0, ge=0)
+    auto_max_gib: float = Field(
+        4.0, ge=0.0, description="storage=auto stores toy image shards up to this many GiB, else streams")
 
     @field_validator("scale", mode="before")
     @classmethod

@@ -1,0 +1,419 @@
+"""The toy world: a procedural "shapes" scene world in GenEval's image, and its teacher (a renderer).
+
+Why a toy world: it lets the whole study (data → student → GenEval) run on a CPU in minutes while
+keeping GenEval's structure: object classes, 10 colours, counts, and four spatial relations.
+
+* Classes are flat silhouettes (circle, square, triangle, star, …); ``world.n_classes`` takes the first N
+  of :data:`ALL_CLASSES`.  Colours are GenEval's ten, with a fixed palette (:data:`PALETTE`).
+* A *spec* is a GenEval metadata dict (``tag``, ``include`` clauses with ``class``/``count`` and optional
+  ``color`` and ``position: [relation, target_clause_index]``, optional ``exclude``, ``prompt``).
+  :meth:`ToyWorld.render` draws any spec exactly: every clause's count, its colour (a clause without a
+  colour gets a random *trainable* colour, so no image ever shows a held-out colour/class pair), and
+  positions that pass GenEval's box-centre rule with a wide margin.  Objects never overlap.
+* Rendering is fast because silhouettes are pre-rasterised (anti-aliased by 4×4 supersampling) once
+  per (class, pixel size, rotation level) and then alpha-stamped into the canvas with numpy slices.
+* Held-out compositions (global, fixed by ``world.seed`` only, independent of every data knob): a
+  seeded ``heldout_fraction`` of (colour, class) pairs, of (class, count≥2) pairs and of
+  (classA, relation, classB) triples.  ``is_heldout(spec)`` is True when a spec uses any of them.
+
+Boxes returned by :meth:`ToyWorld.render_with_objects` are ``[x0, y0, x1, y1]`` in pixels, ``x1``/``y1``
+exclusive (numpy slice convention), covering the pixels whose coverage is ≥ 0.5.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from lightgen.cliutil import UserError
+
+ALL_CLASSES: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon",
+    "pentagon", "crescent", "ring", "arrow", "semicircle", "trapezoid", "ellipse", "frame",
+)
+PLURALS: dict[str, str] = {c: (c + "es" if c.endswith(("s", "x", "sh", "ch")) else c + "s") for c in ALL_CLASSES}
+
+# GenEval's colours, in GenEval's order, with a fixed, well separated palette.
+ALL_COLORS: tuple[str, ...] = (
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
+)
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30), "orange": (250, 140, 10), "yellow": (245, 225, 20), "green": (30, 160, 50),
+    "blue": (30, 70, 225), "purple": (130, 40, 180), "pink": (250, 140, 200), "brown": (120, 70, 25),
+    "black": (12, 12, 12), "white": (250, 250, 250),
+}
+ALL_RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+# Muted greys/tints, far from every palette colour (variant 0 = plain grey).
+BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128), (100, 112, 126), (150, 142, 124), (112, 126, 108),
+    (168, 168, 174), (88, 88, 94), (142, 122, 132), (120, 140, 146),
+)
+NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
+
+# GenEval's threshold in its relative-position rule (see relation_holds).
+POSITION_THRESHOLD = 0.1
+N_ROTATIONS = 7
+MAX_ROTATION_DEG = 30.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Silhouettes: indicator functions on [-1, 1]^2 (y up)
+# --------------------------------------------------------------------------------------------------
+def _poly(x: np.ndarray, y: np.ndarray, verts: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Even-odd point-in-polygon test, vectorised over the points (works for non-convex stars)."""
+    inside = np.zeros(x.shape, dtype=bool)
+    v = list(verts)
+    for (x1, y1), (x2, y2) in zip(v, v[1:] + v[:1]):
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        xi = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < xi)
+    return inside
+
+
+def _regular(n: int, r: float, phase: float = math.pi / 2) -> list[tuple[float, float]]:
+    return [(r * math.cos(phase + 2 * math.pi * k / n), r * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+
+
+def _star_verts() -> list[tuple[float, float]]:
+    out = []
+    for k in range(10):
+        r = 0.97 if k % 2 == 0 else 0.42
+        a = math.pi / 2 + math.pi * k / 5
+        out.append((r * math.cos(a), r * math.sin(a) - 0.08))
+    return out
+
+
+def _shape(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    r = np.hypot(x, y)
+    if name == "circle":
+        return r <= 0.85
+    if name == "square":
+        return np.maximum(np.abs(x), np.abs(y)) <= 0.7
+    if name == "triangle":
+        return _poly(x, y, [(0.0, 0.9), (-0.92, -0.7), (0.92, -0.7)])
+    if name == "star":
+        return _poly(x, y, _star_verts())
+    if name == "heart":
+        lobes = (np.hypot(x - 0.44, y - 0.35) <= 0.47) | (np.hypot(x + 0.44, y - 0.35) <= 0.47)
+        return lobes | _poly(x, y, [(-0.88, 0.22), (0.88, 0.22), (0.0, -0.92)])
+    if name == "cross":
+        return ((np.abs(x) <= 0.28) & (np.abs(y) <= 0.9)) | ((np.abs(y) <= 0.28) & (np.abs(x) <= 0.9))
+    if name == "diamond":
+        return np.abs(x) / 0.62 + np.abs(y) / 0.95 <= 1.0
+    if name == "hexagon":
+        return _poly(x, y, _regular(6, 0.9, 0.0))
+    if name == "pentagon":
+        return _poly(x, y, [(px, py - 0.05) for px, py in _regular(5, 0.92)])
+    if name == "crescent":
+        return (r <= 0.9) & (np.hypot(x - 0.42, y - 0.12) > 0.72)
+    if name == "ring":
+        return (r <= 0.9) & (r >= 0.52)
+    if name == "arrow":
+        shaft = (np.abs(y) <= 0.22) & (x >= -0.92) & (x <= 0.15)
+        return shaft | _poly(x, y, [(0.1, 0.72), (0.95, 0.0), (0.1, -0.72)])
+    if name == "semicircle":
+        v = y + 0.42
+        return (np.hypot(x, v) <= 0.95) & (v >= 0)
+    if name == "trapezoid":
+        return _poly(x, y, [(-0.92, -0.55), (0.92, -0.55), (0.45, 0.55), (-0.45, 0.55)])
+    if name == "ellipse":
+        return (x / 0.95) ** 2 + (y / 0.5) ** 2 <= 1.0
+    if name == "frame":
+        m = np.maximum(np.abs(x), np.abs(y))
+        return (m <= 0.8) & (m >= 0.48)
+    raise KeyError(name)
+
+
+@functools.lru_cache(maxsize=None)
+def silhouette(name: str, size: int, rot: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Anti-aliased alpha mask (float32 [size, size]) of a class at a rotation level, plus the
+    tight box ``(x0, y0, x1, y1)`` (exclusive) of pixels with alpha ≥ 0.5 inside the stamp.
+
+    Cached for the process: the same (class, size, rotation) is rasterised once, which is what
+    makes rendering millions of images cheap.
+    """
+    ss = 4
+    n = size * ss
+    c = (np.arange(n, dtype=np.float64) + 0.5) / n * 2.0 - 1.0
+    xx, yy = np.meshgrid(c, -c)  # y up
+    ang = math.radians(-MAX_ROTATION_DEG + 2 * MAX_ROTATION_DEG * rot / max(1, N_ROTATIONS - 1))
+    ca, sa = math.cos(ang), math.sin(ang)
+    xr, yr = ca * xx + sa * yy, -sa * xx + ca * yy  # rotate the grid = rotate the shape by -ang
+    inside = _shape(name, xr, yr).astype(np.float32)
+    cover = inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
+    # Sharpened edges: pixels ≥ 75 % covered are fully opaque, so even tiny or thin objects show at
+    # least one pixel of their exact palette colour (what a colour classifier looks at).
+    alpha = np.clip(2.0 * (cover - 0.5) + 0.5, 0.0, 1.0).astype(np.float32)
+    if size < 12:  # tiny stamps: hard edges, otherwise thin shapes (ring, frame) have no pure pixel
+        alpha = (cover >= 0.4).astype(np.float32)
+    ys, xs = np.nonzero(alpha >= 0.5)
+    if len(xs) == 0:  # degenerate tiny stamp: fall back to its centre pixel
+        h = size // 2
+        alpha[h, h] = 1.0
+        ys, xs = np.array([h]), np.array([h])
+    alpha.setflags(write=False)
+    return alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+def relation_holds(box_a: Sequence[float], box_b: Sequence[float], relation: str,
+                   threshold: float = POSITION_THRESHOLD) -> bool:
+    """GenEval's relative-position rule: is A ``relation`` B given their boxes?
+
+    The centre offset is shrunk by ``threshold`` × (sum of box sizes) per axis and the relation holds
+    when the shrunk offset along its axis exceeds half of the offset's length.
+    """
+    a = np.asarray(box_a, dtype=float).reshape(2, 2)
+    b = np.asarray(box_b, dtype=float).reshape(2, 2)
+    offset = a.mean(0) - b.mean(0)
+    dims = np.abs(np.diff(a, axis=0))[0] + np.abs(np.diff(b, axis=0))[0]
+    revised = np.maximum(np.abs(offset) - threshold * dims, 0) * np.sign(offset)
+    norm = float(np.linalg.norm(offset))
+    if norm == 0 or np.all(np.abs(revised) < 1e-3):
+        return False
+    dx, dy = revised / norm
+    return {"left of": dx < -0.5, "right of": dx > 0.5, "above": dy < -0.5, "below": dy > 0.5}[relation]
+
+
+_N_UNIFORMS = 128  # enough for 16 objects (6 draws each) plus colours and the background
+
+
+@functools.lru_cache(maxsize=None)
+def _edges(res: int, g: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.linspace(0, res, g + 1).round())
+
+
+# --------------------------------------------------------------------------------------------------
+# The world
+# --------------------------------------------------------------------------------------------------
+class ToyWorld:
+    """Classes, colours, relations, held-out compositions and the teacher renderer of the toy world.
+
+    ``cfg`` is a :class:`lightgen.config.WorldConfig` (or anything with the same attributes); ``None``
+    gives the defaults.
+    """
+
+    def __init__(self, cfg: Any = None):
+        if cfg is None:
+            from lightgen.config import WorldConfig
+
+            cfg = WorldConfig()
+        self.cfg = cfg
+        self.seed = int(cfg.seed)
+        self.classes: list[str] = list(ALL_CLASSES[: cfg.n_classes])
+        self.colors: list[str] = list(ALL_COLORS[: cfg.n_colors])
+        self.relations: list[str] = list(ALL_RELATIONS[: cfg.n_relations])
+        self.max_objects = int(cfg.max_objects)
+        self.counts: list[int] = list(range(1, self.max_objects + 1))
+        self.backgrounds = list(BACKGROUNDS[: cfg.n_backgrounds])
+        self.palette: dict[str, tuple[int, int, int]] = {c: PALETTE[c] for c in self.colors}
+        self.heldout_fraction = float(cfg.heldout_fraction)
+        self._class_set, self._color_set = set(self.classes), set(self.colors)
+        self._colors_np = {c: np.asarray(PALETTE[c], dtype=np.float32) for c in self.colors}
+        self._make_heldout()
+
+    # ---- held-out compositions -----------------------------------------------------------------
+    def _pick(self, items: list[Any], salt: int) -> set[Any]:
+        """A seeded ``heldout_fraction`` of ``items`` (rounded), chosen by ``world.seed`` only."""
+        k = int(round(self.heldout_fraction * len(items)))
+        if k == 0 or not items:
+            return set()
+        rng = np.random.default_rng([self.seed, salt])
+        idx = rng.choice(len(items), size=k, replace=False)
+        return {items[i] for i in idx}
+
+    def _make_heldout(self) -> None:
+        # Colour/class pairs: keep ≥ 2 trainable colours per class so "random colour" always works.
+        pairs = [(col, cls) for cls in self.classes for col in self.colors]
+        held = self._pick(pairs, 1)
+        for cls in self.classes:
+            mine = sorted(p for p in held if p[1] == cls)
+            while len(self.colors) - len(mine) < 2 and mine:
+                held.discard(mine.pop())
+        self.heldout_color_class: frozenset[tuple[str, str]] = frozenset(held)
+        counts = [(cls, n) for cls in self.classes for n in self.counts if n >= 2]
+        self.heldout_class_count: frozenset[tuple[str, int]] = frozenset(self._pick(counts, 2))
+        triples = [(a, r, b) for a in self.classes for r in self.relations for b in self.classes if a != b]
+        self.heldout_relation: frozenset[tuple[str, str, str]] = frozenset(self._pick(triples, 3))
+        self._trainable_colors = {
+            cls: [c for c in self.colors if (c, cls) not in self.heldout_color_class] for cls in self.classes
+        }
+
+    def trainable_colors(self, cls: str) -> list[str]:
+        """Colours that class ``cls`` may show in training images."""
+        return list(self._trainable_colors[cls])
+
+    def compositions(self, spec: dict) -> list[tuple]:
+        """The compositions a spec uses: ("color", col, cls), ("count", cls, n), ("relation", a, rel, b)."""
+        out: list[tuple] = []
+        inc = spec.get("include", [])
+        for cl in inc:
+            if cl.get("color") is not None:
+                out.append(("color", cl["color"], cl["class"]))
+            if int(cl.get("count", 1)) >= 2:
+                out.append(("count", cl["class"], int(cl["count"])))
+            if cl.get("position"):
+                rel, j = cl["position"]
+                out.append(("relation", cl["class"], rel, inc[int(j)]["class"]))
+        return out
+
+    def is_heldout(self, spec: dict) -> bool:
+        """True when the spec uses any globally held-out composition (never seen in training)."""
+        for comp in self.compositions(spec):
+            kind = comp[0]
+            if kind == "color" and (comp[1], comp[2]) in self.heldout_color_class:
+                return True
+            if kind == "count" and (comp[1], comp[2]) in self.heldout_class_count:
+                return True
+            if kind == "relation" and comp[1:] in self.heldout_relation:
+                return True
+        return False
+
+    # ---- vocabulary ----------------------------------------------------------------------------
+    def vocabulary(self) -> list[str]:
+        """Every word a caption (training or GenEval prompt) may use, sorted."""
+        from lightgen.world.captions import TEMPLATE_WORDS
+
+        words = set(TEMPLATE_WORDS)
+        words.update(self.classes)
+        words.update(PLURALS[c] for c in self.classes)
+        words.update(self.colors)
+        words.update(NUMBER_WORDS[: self.max_objects + 1])
+        for rel in ALL_RELATIONS:
+            words.update(rel.split())
+        return sorted(words)
+
+    # ---- validation ----------------------------------------------------------------------------
+    def validate_spec(self, spec: dict) -> list[dict]:
+        """Check a spec against the world; returns its include clauses. Raises UserError naming the field."""
+        if not isinstance(spec, dict) or not isinstance(spec.get("include"), list) or not spec["include"]:
+            raise UserError(f"spec must be a dict with a non-empty 'include' list, got {spec!r}")
+        inc = spec["include"]
+        for i, cl in enumerate(inc):
+            cls = cl.get("class")
+            if cls not in self._class_set:
+                raise UserError(f"spec include[{i}].class: unknown class {cls!r}; this world has {', '.join(self.classes)}")
+            col = cl.get("color")
+            if col is not None and col not in self._color_set:
+                raise UserError(f"spec include[{i}].color: unknown colour {col!r}; this world has {', '.join(self.colors)}")
+            n = cl.get("count", 1)
+            if not isinstance(n, (int, np.integer)) or n < 1 or n > self.max_objects:
+                raise UserError(f"spec include[{i}].count: {n!r} is not in 1..{self.max_objects}")
+            pos = cl.get("position")
+            if pos:
+                if (not isinstance(pos, (list, tuple)) or len(pos) != 2 or pos[0] not in self.relations
+                        or not isinstance(pos[1], (int, np.integer)) or not 0 <= pos[1] < len(inc) or pos[1] == i):
+                    raise UserError(f"spec include[{i}].position: expected [relation, other clause index] with "
+                                    f"relation in {self.relations}, got {pos!r}")
+                if len(inc) != 2 or any(int(c.get("count", 1)) != 1 for c in inc):
+                    raise UserError("spec position: relations are drawn between exactly two clauses of count 1")
+        total = sum(int(c.get("count", 1)) for c in inc)
+        if total > 16:
+            raise UserError(f"spec has {total} objects; at most 16 fit in a scene")
+        return inc
+
+    # ---- rendering -----------------------------------------------------------------------------
+    def _layout(self, spec: dict, res: int, u: np.ndarray) -> list[tuple[str, str, int, int, int, int]]:
+        """Objects as (class, colour, x0, y0, size, rotation level); no two stamps overlap.
+
+        All randomness comes from ``u`` (uniforms in [0, 1), drawn once per image: one generator call
+        instead of dozens is most of what makes rendering fast).
+        """
+        inc = self.validate_spec(spec)
+        k = iter(u)
+        nxt = k.__next__
+        uni = lambda lo, hi: lo + (hi - lo) * nxt()  # noqa: E731
+        pick = lambda n: min(int(nxt() * n), n - 1)  # noqa: E731
+        colors = []
+        for cl in inc:
+            col = cl.get("color")
+            if col is None:
+                opts = self._trainable_colors[cl["class"]]
+                col = opts[pick(len(opts))]
+            colors.append(col)
+        step = max(1, res // 32)
+        q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
+        objs: list[tuple[str, str, int, int, int, int]] = []
+        pos_clause = next((i for i, c in enumerate(inc) if c.get("position")), None)
+        if pos_clause is not None:
+            rel, j = inc[pos_clause]["position"]
+            a, b = pos_clause, int(j)
+            # A is `rel` of B: put "first" on the low side of the axis, "second" on the high side.
+            low, high = (a, b) if rel in ("left of", "above") else (b, a)
+            sizes = {low: q(res * uni(0.28, 0.42)), high: q(res * uni(0.28, 0.42))}
+            gap = max(1.0, 0.04 * res)
+            half = res / 2.0
+            c_low = uni(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
+            c_high = uni(half + gap / 2 + sizes[high] / 2, res - sizes[high] / 2)
+            smax = max(sizes.values())
+            p_low = uni(smax / 2, res - smax / 2)
+            p_high = min(max(p_low + uni(-0.12, 0.12) * res, smax / 2), res - smax / 2)
+            horizontal = rel in ("left of", "right of")
+            for idx, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
+                s = sizes[idx]
+                cx, cy = (along, perp) if horizontal else (perp, along)
+                x0 = min(max(round(cx - s / 2), 0), res - s)
+                y0 = min(max(round(cy - s / 2), 0), res - s)
+                objs.append((inc[idx]["class"], colors[idx], x0, y0, s, pick(N_ROTATIONS)))
+            return objs
+        items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
+        n = len(items)
+        if n == 1:
+            s = q(res * uni(0.35, 0.6))
+            x0, y0 = pick(res - s + 1), pick(res - s + 1)
+            return [(items[0][0], items[0][1], x0, y0, s, pick(N_ROTATIONS))]
+        g = max(2, math.ceil(math.sqrt(n)))
+        cells = list(range(g * g))
+        for i in range(n):  # partial Fisher-Yates: n distinct cells
+            j = i + pick(g * g - i)
+            cells[i], cells[j] = cells[j], cells[i]
+        edges = _edges(res, g)
+        for idx, (cls, col) in enumerate(items):
+            r, c = divmod(cells[idx], g)
+            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
+            s = min(q(min(w_c, h_c) * uni(0.6, 0.92)), w_c, h_c)
+            x0 = edges[c] + pick(w_c - s + 1)
+            y0 = edges[r] + pick(h_c - s + 1)
+            objs.append((cls, col, x0, y0, s, pick(N_ROTATIONS)))
+        return objs
+
+    def _check_resolution(self, resolution: int) -> int:
+        if not isinstance(resolution, (int, np.integer)) or not 16 <= resolution <= 1024:
+            raise UserError(f"resolution must be an integer in 16..1024 (toy world: 32–256 typical), got {resolution!r}")
+        return int(resolution)
+
+    def _draw(self, canvas: np.ndarray, spec: dict, res: int, seed: int) -> list[dict]:
+        u = np.random.default_rng(int(seed)).random(_N_UNIFORMS).tolist()
+        bg = self.backgrounds[min(int(u[-1] * len(self.backgrounds)), len(self.backgrounds) - 1)]
+        objs = self._layout(spec, res, u)
+        canvas[...] = bg
+        out = []
+        for cls, col, x0, y0, s, rot in objs:
+            alpha, (bx0, by0, bx1, by1) = silhouette(cls, s, rot)
+            region = canvas[y0 : y0 + s, x0 : x0 + s]
+            region += alpha[..., None] * (self._colors_np[col] - region)
+            out.append({"class": cls, "color": col, "box": [x0 + bx0, y0 + by0, x0 + bx1, y0 + by1]})
+        return out
+
+    def render(self, specs: Sequence[dict], resolution: int, seeds: Iterable[int]) -> np.ndarray:
+        """Render specs to ``uint8 [N, H, W, 3]``; image i depends only on (specs[i], resolution, seeds[i])."""
+        res = self._check_resolution(resolution)
+        seeds = list(seeds)
+        if len(seeds) != len(specs):
+            raise UserError(f"render: got {len(specs)} specs but {len(seeds)} seeds")
+        canvas = np.empty((len(specs), res, res, 3), dtype=np.float32)
+        for i, (spec, seed) in enumerate(zip(specs, seeds)):
+            self._draw(canvas[i], spec, res, seed)
+        np.add(canvas, 0.5, out=canvas)
+        return canvas.astype(np.uint8)
+
+    def render_with_objects(self, spec: dict, resolution: int, seed: int) -> tuple[np.ndarray, list[dict]]:
+        """One image and its objects: ``[{"class", "color", "box": [x0, y0, x1, y1]}]`` (pixels, end exclusive)."""
+        res = self._check_resolution(resolution)
+        canvas = np.empty((res, res, 3), dtype=np.float32)
+        objs = self._draw(canvas, spec, res, seed)
+        return (canvas + 0.5).astype(np.uint8), objs
