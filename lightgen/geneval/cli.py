@@ -1,42 +1,156 @@
-"""`lightgen geneval …` commands."""
+"""`lightgen geneval …` commands: prompts, sample, evaluate, summary, import."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Optional
+
 import typer
 
-from lightgen.cliutil import not_yet
+from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, user_errors
 
 app = typer.Typer(help="GenEval: official/toy prompts, sampling, scoring, summaries.", no_args_is_help=True)
 
 
+def _world(cfg: Any) -> Any:
+    """The toy world for toy prompts/detector; None in the real world."""
+    if cfg.world.kind != "toy":
+        return None
+    try:
+        from lightgen.world.toy import ToyWorld
+    except ImportError as e:  # the world package lives on another branch until merged
+        raise UserError(f"the toy world is not available in this installation ({e})") from None
+    return ToyWorld(cfg.world)
+
+
 @app.command("prompts")
-def prompts() -> None:
+@user_errors
+def prompts(
+    out: Path = typer.Option(..., "--out", help="Folder for evaluation_metadata.jsonl + generation_prompts.txt."),
+    prompt_set: str = typer.Option("official", "--set", help="official (GenEval's 553) or toy."),
+    config: str = typer.Option("smoke", "--config", "-c", help="Preset or YAML (toy set: world + eval.n_prompts)."),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help=SET_HELP.replace("--set", "--override")),
+) -> None:
     """Regenerate GenEval's prompt files (official or toy)."""
-    not_yet("geneval prompts")
+    from lightgen.geneval.prompts import official_prompts, toy_prompts, write_prompt_files
+
+    if prompt_set == "official":
+        specs = official_prompts()
+    elif prompt_set == "toy":
+        cfg = config_from_cli(config, override)
+        world = _world(cfg)
+        if world is None:
+            raise UserError("--set toy needs world.kind=toy")
+        specs = toy_prompts(world, cfg.eval.n_prompts or None, seed=cfg.world.seed)
+    else:
+        raise UserError(f"--set must be 'official' or 'toy', got '{prompt_set}'")
+    meta, txt = write_prompt_files(specs, out)
+    echo(f"wrote {len(specs)} prompts to {meta} and {txt}")
 
 
 @app.command("sample")
-def sample() -> None:
-    """Sample images for a prompt set in GenEval's folder layout."""
-    not_yet("geneval sample")
+@user_errors
+def sample(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder (model.safetensors + config.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Output folder in GenEval's layout."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset/YAML (default: the checkpoint's config)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Default: eval.images_per_prompt (4)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+) -> None:
+    """Sample images for the configured prompt set in GenEval's folder layout."""
+    try:
+        from lightgen.model import load_checkpoint, sample_images  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise UserError(f"sampling needs lightgen.model (load_checkpoint/sample_images), not available: {e}") from None
+    from lightgen.config import load_config
+    from lightgen.geneval.evaluate import prompt_set as get_prompts
+    from lightgen.geneval.evaluate import sample_to_folder
+    from lightgen.geneval.prompts import write_prompt_files
+
+    if not checkpoint.is_dir():
+        raise UserError(f"checkpoint folder not found: {checkpoint}")
+    model, ckpt_cfg = load_checkpoint(checkpoint)
+    cfg = config_from_cli(config, sets) if config else load_config(ckpt_cfg.model_dump(mode="json"), sets or [])
+    n = images_per_prompt or cfg.eval.images_per_prompt
+    metas = get_prompts(cfg, _world(cfg))
+
+    def sampler(prompts: list[str], seeds: list[int]):
+        import numpy as np
+
+        return np.concatenate([sample_images(model, [p], cfg.eval, seed=s) for p, s in zip(prompts, seeds)])
+
+    sample_to_folder(sampler, metas, out, n, seed, cfg.eval.batch_size)
+    write_prompt_files(metas, out)
+    echo(f"wrote {len(metas)} prompts x {n} images to {out}")
 
 
 @app.command("evaluate")
-def evaluate() -> None:
-    """Score a GenEval folder with a detector, writing results.jsonl."""
-    not_yet("geneval evaluate")
+@user_errors
+def evaluate(
+    folder: Path = typer.Argument(..., help="GenEval layout: NNNNN/metadata.jsonl + NNNNN/samples/NNNN.png."),
+    outfile: Optional[Path] = typer.Option(None, "--out", help="results.jsonl (default: <folder>/results.jsonl)."),
+    config: str = typer.Option("smoke", "--config", "-c", help="Preset/YAML: eval.detector, world, tracking.root."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", min=0, help="Default: eval.bootstrap."),
+) -> None:
+    """Score a GenEval folder with the configured detector, writing results.jsonl and printing the summary."""
+    from lightgen.geneval.evaluate import evaluate_folder, make_detector
+    from lightgen.geneval.summary import format_summary, summarize, write_results
+
+    cfg = config_from_cli(config, sets)
+    world = _world(cfg) if cfg.eval.detector == "toy" else None
+    results = evaluate_folder(folder, make_detector(cfg, world))
+    dest = write_results(results, outfile or folder / "results.jsonl")
+    summary = summarize(results, bootstrap if bootstrap is not None else cfg.eval.bootstrap, cfg.seed)
+    echo(format_summary(summary, results))
+    echo(f"\nwrote {len(results)} results to {dest}")
 
 
 @app.command("summary")
-def summary() -> None:
-    """Summarise results.jsonl the way GenEval reports it, with CIs."""
-    not_yet("geneval summary")
+@user_errors
+def summary(
+    results_file: Path = typer.Argument(..., help="results.jsonl (ours or the official evaluator's)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Summarise results.jsonl the way GenEval reports it, with a bootstrap CI."""
+    from lightgen.geneval.summary import format_summary, read_results, summarize
+
+    results = read_results(results_file)
+    s = summarize(results, bootstrap, seed)
+    echo(json.dumps(s, indent=2) if as_json else format_summary(s, results))
 
 
 @app.command("import")
-def import_() -> None:
-    """Log an official GenEval results.jsonl into an MLflow run."""
-    not_yet("geneval import")
+@user_errors
+def import_(
+    results_file: Path = typer.Argument(..., help="An official GenEval results.jsonl."),
+    run: str = typer.Option(..., "--run", help="MLflow run id to log into."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."),
+    step: int = typer.Option(0, "--step"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Log an official GenEval results.jsonl into an MLflow run (metrics + artifact geneval/results.jsonl)."""
+    from lightgen.geneval.evaluate import log_results_artifact
+    from lightgen.geneval.summary import read_results, summarize
+    from lightgen.tracking import Tracker, resolve_tracking_uri
+
+    results = read_results(results_file)
+    s = summarize(results, bootstrap, seed)
+    uri = resolve_tracking_uri(tracking_uri)
+    tracker = Tracker(run, uri)
+    try:
+        tracker.client.get_run(run)
+    except Exception as e:  # noqa: BLE001 - MLflow raises various types for unknown ids
+        raise UserError(f"--run {run}: no such MLflow run in {uri} ({type(e).__name__})") from None
+    tracker.log_metrics(s, step=step)
+    tracker.flush(synchronous=True)
+    log_results_artifact(tracker, results_file)
+    echo(f"logged {len(s)} metrics and geneval/results.jsonl into run {run} (overall {s['geneval/overall']:.4f})")
 
 
 def register(root: typer.Typer) -> None:

@@ -1,0 +1,148 @@
+"""GenEval's summary numbers, plus a bootstrap CI over prompts and seen/unseen splits.
+
+As the official ``summary_scores.py``: per-task score = mean correctness over the task's images;
+Overall = unweighted mean of the task scores; "% correct images" = mean over all images;
+"% correct prompts" = share of prompts with at least one correct image (prompts are identified by
+their metadata JSON). The 95 % CI resamples prompts with replacement *within each task* (the tasks
+are fixed strata of the benchmark, and Overall weighs them equally), percentile method.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from lightgen.tracking import GENEVAL_TASKS
+
+RESULT_KEYS = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read a results.jsonl (ours or the official evaluator's pandas output); clear errors on bad rows."""
+    from lightgen.cliutil import UserError
+
+    path = Path(path)
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            missing = [k for k in ("tag", "correct", "metadata") if k not in row]
+            if missing:
+                raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)} (not a GenEval results file?)")
+            rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no results found")
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write results.jsonl atomically, one official-format row per image."""
+    from lightgen.utils import write_atomic
+
+    return write_atomic(path, "".join(json.dumps({k: r[k] for k in RESULT_KEYS if k in r}) + "\n" for r in rows))
+
+
+def _meta(row: dict[str, Any]) -> dict[str, Any]:
+    m = row["metadata"]
+    return json.loads(m) if isinstance(m, str) else m
+
+
+def _task_arrays(rows: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task: (correct images per prompt, images per prompt), prompts in first-seen order."""
+    per: dict[str, dict[str, list[int]]] = {}
+    for r in rows:
+        key = r["metadata"] if isinstance(r["metadata"], str) else json.dumps(r["metadata"], sort_keys=True)
+        acc = per.setdefault(r["tag"], {}).setdefault(key, [0, 0])
+        acc[0] += bool(r["correct"])
+        acc[1] += 1
+    return {t: (np.array([v[0] for v in d.values()], float), np.array([v[1] for v in d.values()], float))
+            for t, d in per.items()}
+
+
+def _ordered_tasks(tasks: Iterable[str]) -> list[str]:
+    tasks = list(tasks)
+    return [t for t in GENEVAL_TASKS if t in tasks] + [t for t in tasks if t not in GENEVAL_TASKS]
+
+
+def _scores(rows: list[dict[str, Any]], prefix: str) -> dict[str, float]:
+    arrays = _task_arrays(rows)
+    out = {}
+    for t in _ordered_tasks(arrays):
+        c, n = arrays[t]
+        out[f"{prefix}/{t}"] = float(c.sum() / n.sum())
+    if out:
+        out[f"{prefix}/overall"] = float(np.mean(list(out.values())))
+    return out
+
+
+def bootstrap_overall(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of Overall, resampling prompts with replacement within each task."""
+    arrays = _task_arrays(rows)
+    if n_boot <= 0 or not arrays:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    task_scores = []
+    for t in _ordered_tasks(arrays):
+        c, n = arrays[t]
+        idx = rng.integers(0, len(c), size=(n_boot, len(c)))
+        task_scores.append(c[idx].sum(1) / n[idx].sum(1))
+    overall = np.mean(task_scores, axis=0)
+    lo, hi = np.quantile(overall, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def summarize(results: list[dict[str, Any]], bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """GenEval's numbers as MLflow metrics (see module docstring); seen/unseen when specs carry "seen"."""
+    from lightgen.cliutil import UserError
+
+    rows = list(results)
+    if not rows:
+        raise UserError("no GenEval results to summarise")
+    out = _scores(rows, "geneval")
+    out["geneval/overall_ci_low"], out["geneval/overall_ci_high"] = bootstrap_overall(rows, bootstrap, seed)
+    out["geneval/correct_images"] = float(np.mean([bool(r["correct"]) for r in rows]))
+    by_prompt: dict[str, bool] = {}
+    for r in rows:
+        key = r["metadata"] if isinstance(r["metadata"], str) else json.dumps(r["metadata"], sort_keys=True)
+        by_prompt[key] = by_prompt.get(key, False) or bool(r["correct"])
+    out["geneval/correct_prompts"] = float(np.mean(list(by_prompt.values())))
+    flags = [_meta(r).get("seen") for r in rows]
+    if any(f is not None for f in flags):
+        out.update(_scores([r for r, f in zip(rows, flags) if f is True], "geneval_seen"))
+        out.update(_scores([r for r, f in zip(rows, flags) if f is False], "geneval_unseen"))
+    return out
+
+
+def format_summary(summary: dict[str, float], results: list[dict[str, Any]]) -> str:
+    """A text table in the spirit of GenEval's summary_scores.py output."""
+    arrays = _task_arrays(results)
+    lines = [
+        "Summary", "=======",
+        f"Total images: {len(results)}",
+        f"Total prompts: {sum(len(c) for c, _ in arrays.values())}",
+        f"% correct images: {summary['geneval/correct_images']:.2%}",
+        f"% correct prompts: {summary['geneval/correct_prompts']:.2%}",
+        "", "Task breakdown", "==============",
+    ]
+    for t in _ordered_tasks(arrays):
+        c, n = arrays[t]
+        row = f"{t:<16} = {c.sum() / n.sum():.2%} ({int(c.sum())} / {int(n.sum())})"
+        for split in ("geneval_seen", "geneval_unseen"):
+            if f"{split}/{t}" in summary:
+                row += f"  {split.split('_')[1]} {summary[f'{split}/{t}']:.2%}"
+        lines.append(row)
+    lines += ["", f"Overall score (avg. over tasks): {summary['geneval/overall']:.5f}"
+              f"  95% CI [{summary['geneval/overall_ci_low']:.4f}, {summary['geneval/overall_ci_high']:.4f}]"]
+    for split in ("geneval_seen", "geneval_unseen"):
+        if f"{split}/overall" in summary:
+            lines.append(f"Overall ({split.split('_')[1]}): {summary[f'{split}/overall']:.5f}")
+    return "\n".join(lines)
