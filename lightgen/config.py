@@ -202,14 +202,31 @@ class TrainConfig(_Section):
 
 
 class DPOConfig(_Section):
-    beta: float = Field(5000.0, gt=0, description="DPO β (paper: 5000)")
-    lr: float = Field(1e-8, gt=0)
+    """Diffusion-DPO post-training (``lightgen.train.dpo``) and its SFT control arm.
+
+    Unset knobs fall back to the pre-training settings (``train.*``: AdamW betas, weight decay, grad
+    clip, grad accumulation, EMA decay and warm-up, precision, device, logging/checkpoint cadence).
+    """
+
+    beta: float = Field(5000.0, gt=0, description="DPO β (paper: 5000); see lightgen.train.dpo for its scale")
+    lr: float = Field(1e-8, gt=0, description="constant learning rate (paper: 1e-8)")
+    warmup_steps: int = Field(0, ge=0, description="linear lr warm-up steps (paper: none, constant lr)")
     iterations: int = Field(500, ge=1)
-    batch_size: int = Field(32, ge=1)
-    num_pairs: int = Field(1000, ge=1)
-    mode: Literal["dpo", "sft"] = "dpo"
+    batch_size: int = Field(32, ge=1, description="preference pairs per step")
+    num_pairs: int = Field(1000, ge=1, description="pairs built from the dataset by `lightgen dpo pairs`")
+    mode: Literal["dpo", "sft"] = Field("dpo", description="sft = control arm: fine-tune on winners only")
+    text_dropout: float | None = Field(
+        None, ge=0.0, le=1.0, description="caption dropout during DPO (None = model.text_dropout)"
+    )
     pairs: str | None = Field(None, description="JSONL of pos_image_path/neg_image_path/caption")
     base: str | None = Field(None, description="base checkpoint path or MLflow run id")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a path to a .jsonl file (or a pairs folder), not an empty string")
+        return v
 
 
 class EvalConfig(_Section):
