@@ -73,32 +73,51 @@ def _finite(v: Any) -> bool:
         return False
 
 
+_DETECTORS: dict[str, Any] = {}
+
+
+def _detector(cfg: ExperimentConfig, world: Any) -> Any:
+    """One detector per process and world (the toy one trains a small classifier once, then caches)."""
+    from lightgen.geneval.evaluate import make_detector
+
+    key = f"{cfg.eval.detector}:{cfg.world.model_dump_json()}:{cfg.eval.segmenter}:{cfg.eval.clip}"
+    if key not in _DETECTORS:
+        _DETECTORS[key] = make_detector(cfg, world)
+    return _DETECTORS[key]
+
+
 def evaluate(cfg: ExperimentConfig, world: Any, sampler: Callable, out_dir: Path, tracker: Tracker | None,
              step: int, prefix: str = "geneval") -> dict[str, float]:
-    """GenEval with the run's sampler; metrics logged at ``step``; results.jsonl as an artifact."""
-    from lightgen.geneval import run_geneval
+    """GenEval with the run's sampler; metrics logged at ``step`` under ``prefix``; results.jsonl as an
+    artifact ``<prefix>/results.jsonl`` (the per-prompt record paired tests are built on)."""
+    from lightgen.geneval.evaluate import run_geneval
 
-    summary, results_path = run_geneval(cfg, world, sampler, out_dir)
+    summary, _ = run_geneval(cfg, world, sampler, out_dir, detector=_detector(cfg, world), save_images=False)
     if prefix != "geneval":
         summary = {k.replace("geneval", prefix, 1): v for k, v in summary.items()}
     if tracker is not None:
         tracker.log_metrics(summary, step=step)
-        tracker.log_artifact(results_path, prefix if step is None else f"{prefix}")
+        tracker.log_artifact(out_dir / "results.jsonl", prefix)
         tracker.flush()
     return summary
 
 
 def log_sample_grid(cfg: ExperimentConfig, world: Any, sampler: Callable, tracker: Tracker, step: int) -> None:
-    from lightgen.geneval import prompt_set
+    """The same first prompts × seed 0 in every run of a sweep, for side-by-side comparison."""
+    from lightgen.geneval.evaluate import prompt_set
     from lightgen.utils import image_grid_png
 
     prompts = [m["prompt"] for m in prompt_set(cfg, world)[:GRID_PROMPTS]]
     images = sampler(prompts, [0] * len(prompts))
-    from PIL import Image
+    tracker.log_image(_png_to_array(image_grid_png(images, prompts, ncol=4)), f"samples/grid_step{step:07d}.png")
+
+
+def _png_to_array(png: bytes) -> np.ndarray:
     import io
 
-    png = image_grid_png(images, prompts, ncol=4)
-    tracker.log_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), f"samples/grid_step{step:07d}.png")
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, *, mode: str = "train",
@@ -197,7 +216,7 @@ def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> 
                          parent_run_id=parent_run_id, kind="base",
                          tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name}) as tracker:
             train_and_evaluate(cfg, tracker, ckpt_dir, mode="train")
-            from lightgen.train.pretrain import latest_checkpoint
+            from lightgen.train.checkpoint import latest_checkpoint
 
             ckpt = str(latest_checkpoint(ckpt_dir))
             run_id = tracker.run_id
