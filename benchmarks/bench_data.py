@@ -50,6 +50,11 @@ def main() -> None:
         t = time.perf_counter()
         ds = get_dataset(cfg)
         print(f"dataset build (64 px, shards): {args.n / (time.perf_counter() - t):,.0f} items/s")
+        cfg2 = load_config(None, [f"tracking.root={d}/par", f"data.scale={args.n}", "data.resolution=64",
+                                  "data.storage=shards", "data.shard_size=512", "data.num_workers=2"])
+        t = time.perf_counter()
+        get_dataset(cfg2)
+        print(f"dataset build (64 px, shards, 2 workers, incl. spawn): {args.n / (time.perf_counter() - t):,.0f} items/s")
         rng = np.random.default_rng(0)
         ds.get_batch(np.arange(256))  # open + verify shards
         for i in range(len(ds.manifest["shards"])):

@@ -38,6 +38,7 @@ import numpy as np
 from lightgen.cliutil import UserError
 from lightgen.data import store
 from lightgen.data.diversity import tfidf
+from lightgen.world.captions import _item_seed
 
 FORMAT_VERSION = 1
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -458,8 +459,7 @@ def _get_real_locked(cfg: Any, folder: Path, identity: dict, key: str, progress:
                 n = min(ss, size - start)
                 src = order[start : start + n]
                 caps = [captions[int(j)]["caption"] for j in src]
-                seeds = [int(np.random.default_rng([cfg.data.seed, i, 0xA11CE]).integers(2**63 - 1))
-                         for i in range(start, start + n)]
+                seeds = [_item_seed(cfg.data.seed, i, 0xA11CE) for i in range(start, start + n)]
                 images = teacher(caps, seeds)
                 tensors: dict[str, Any] = {}
                 if identity["keep_images"]:
