@@ -90,7 +90,7 @@ def test_corrupt_or_truncated_shard_names_it(tmp_path):
 
 
 def _metrics(tmp_path, name, *sets):
-    cfg = _cfg(tmp_path / name, "data.scale=500k", "data.storage=stream", *sets)
+    cfg = _cfg(tmp_path / name, "data.scale=300k", "data.storage=stream", *sets)
     return get_dataset(cfg).diversity
 
 

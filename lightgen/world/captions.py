@@ -151,6 +151,10 @@ class CaptionGenerator:
         if world.max_objects < 2:
             self.tasks = [t for t in self.tasks if t != "counting"]
         self._allowed()
+        # tasks whose compositions are all held out in this world cannot be sampled
+        empty = {"counting": not self.count_pairs, "colors": not self.color_pairs,
+                 "color_attr": not self.color_pairs, "position": not self.relation_triples}
+        self.tasks = [t for t in self.tasks if not empty.get(t, False)]
         v = knobs.variety
         self.n_templates = 1 + int(round(v * (len(TEMPLATES) - 1)))
         self.p_synonym = 0.5 * v
