@@ -181,6 +181,11 @@ def test_cli_build_and_show(tmp_path):
     res = runner.invoke(app, ["data", "show", "smoke", *args, "--out", str(out), "--n", "8"])
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(app, ["data", "build", "smoke", *args, "--scale", "150k", "--diversity", "0.3",
+                              "--seed", "2", "--out", str(tmp_path / "cache"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "actual 150" in res.output and "caption_diversity=0.3" in res.output
+    assert len(list((tmp_path / "cache").iterdir())) == 1
     res = runner.invoke(app, ["data", "build", "smoke", "--set", "data.coverage=0"])
     assert res.exit_code == 2 and "data.coverage" in res.output
     res = runner.invoke(app, ["data", "show", "smoke", *args, "--out", str(tmp_path / "nope" / "g.png")])
