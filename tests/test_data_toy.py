@@ -211,3 +211,32 @@ def test_parallel_build_equals_serial(tmp_path):
     par = get_dataset(_cfg(tmp_path / "p", "data.scale=200k", "data.num_workers=2"))
     assert [e["sha256"] for e in par.manifest["shards"]] == [e["sha256"] for e in serial.manifest["shards"]]
     assert par.manifest["counts"] == serial.manifest["counts"]
+
+
+def test_sigkilled_build_resumes(tmp_path):
+    """A build process killed with SIGKILL right after its second shard resumes to the same dataset."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from lightgen.config import load_config\n"
+        "from lightgen.data import get_dataset\n"
+        f"cfg = load_config('smoke', ['tracking.root={tmp_path / 'k'}', 'data.shard_size=64', 'data.scale=300k'])\n"
+        "get_dataset(cfg, on_shard=lambda m: os.kill(os.getpid(), signal.SIGKILL) if m['count'] >= 128 else None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = next((tmp_path / "k" / "datasets").iterdir())
+    assert json_count(folder) == 128
+    resumed = get_dataset(_cfg(tmp_path / "k", "data.scale=300k"))
+    fresh = get_dataset(_cfg(tmp_path / "f", "data.scale=300k"))
+    assert [e["sha256"] for e in resumed.manifest["shards"]] == [e["sha256"] for e in fresh.manifest["shards"]]
+
+
+def json_count(folder):
+    import json
+
+    return json.loads((folder / "manifest.json").read_text())["count"]
