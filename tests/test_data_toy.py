@@ -240,3 +240,39 @@ def json_count(folder):
     import json
 
     return json.loads((folder / "manifest.json").read_text())["count"]
+
+
+def test_geneval_prompt_phrasing_matches_training_literal():
+    from lightgen.world.captions import geneval_prompt
+
+    assert geneval_prompt({"include": [{"class": "circle", "count": 1, "color": "red"}]}) == "a photo of a red circle"
+    assert geneval_prompt({"include": [{"class": "star", "count": 2}]}) == "a photo of two stars"
+    assert geneval_prompt({"include": [{"class": "arrow", "count": 1}, {"class": "ring", "count": 1}]}) == \
+        "a photo of an arrow and a ring"
+    assert geneval_prompt({"include": [{"class": "star", "count": 1},
+                                       {"class": "circle", "count": 1, "color": "orange",
+                                        "position": ["left of", 0]}]}) == "a photo of an orange circle left of a star"
+    world = ToyWorld(load_config("smoke").world)
+    gen = CaptionGenerator(world, Knobs(1.0, 1.0, 1.0), seed=0)
+    literal = [(s, c) for s, c in (gen.item(i) for i in range(300)) if c.startswith("a photo of ")]
+    assert literal and all(c == geneval_prompt(s) for s, c in literal)
+
+
+def test_log_dataset_sends_data_metrics(tmp_path):
+    from lightgen.data import log_dataset
+
+    class FakeTracker:
+        def __init__(self):
+            self.metrics, self.tags = {}, {}
+
+        def log_metrics(self, m, step=0):
+            self.metrics.update(m)
+
+        def set_tags(self, t):
+            self.tags.update(t)
+
+    ds = get_dataset(_cfg(tmp_path, "data.scale=100k"))
+    tr = FakeTracker()
+    out = log_dataset(tr, ds)
+    assert set(tr.metrics) == {f"data/{k}" for k in ds.diversity} and "data/vendi_caption" in out
+    assert tr.tags["lightgen.dataset"] == ds.manifest_hash

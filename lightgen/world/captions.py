@@ -270,7 +270,7 @@ class CaptionGenerator:
 
     def geneval_prompt(self, spec: dict) -> str:
         """GenEval's literal phrasing of a spec ("a photo of a red circle left of a star")."""
-        return "a photo of " + self._scene(spec, None)
+        return geneval_prompt(spec)
 
     def caption(self, spec: dict, rng: random.Random) -> str:
         if rng.random() < GENEVAL_SHARE:
@@ -301,6 +301,29 @@ class CaptionGenerator:
     def stream(self, n: int, start: int = 0) -> Iterator[tuple[dict, str]]:
         for i in range(start, start + n):
             yield self.item(i)
+
+
+def geneval_prompt(spec: dict) -> str:
+    """GenEval's literal prompt for a spec, exactly as training captions phrase it at ``GENEVAL_SHARE``:
+    "a photo of a red circle", "a photo of two stars", "a photo of a star and a ring",
+    "a photo of a red circle left of a star" (clause 1 relative to clause 0, as in GenEval's metadata)."""
+    return "a photo of " + _canonical_scene(spec)
+
+
+def _np_canonical(cl: dict) -> str:
+    n, col = int(cl.get("count", 1)), cl.get("color")
+    head = (f"{col} " if col else "") + (PLURALS[cl["class"]] if n > 1 else cl["class"])
+    return f"{NUMBER_WORDS[n]} {head}" if n > 1 else ("an " if head[0] in "aeiou" else "a ") + head
+
+
+def _canonical_scene(spec: dict) -> str:
+    inc = spec["include"]
+    if len(inc) == 1:
+        return _np_canonical(inc[0])
+    first, second = _np_canonical(inc[0]), _np_canonical(inc[1])
+    if inc[1].get("position"):
+        return f"{second} {inc[1]['position'][0]} {first}"
+    return f"{first} and {second}"
 
 
 def used_compositions(world: ToyWorld, spec: dict) -> list[tuple]:
