@@ -6,7 +6,7 @@ N reads its first N items, and asking for a larger N extends the same folder.  S
 share one cache and are prefixes of each other by construction.
 
 Stream vs shards (``data.storage``), decided by measurement (``benchmarks/bench_data.py``, recorded in
-``benchmarks/RESULTS.md``): the teacher renders ~3,000 64-px images/s on one core while reading stored
+``benchmarks/RESULTS.md``): the teacher renders ~4,300 64-px images per CPU-second while reading stored
 uint8 images back from safetensors shards runs at hundreds of thousands of images/s, so storing images
 wins whenever they fit on disk.  ``auto`` therefore stores image shards when the images of the
 requested scale take at most ``data.auto_max_gib`` GiB and otherwise streams: shards then hold only
