@@ -393,7 +393,8 @@ class RealDataset:
             for e in self.manifest["shards"]:
                 if e["start"] >= self.size:
                     break
-                all_recs.extend(self._reader.records(e)[: self.size - e["start"]])
+                recs = self._reader.records(e)
+                all_recs.extend(recs[: min(len(recs), self.size - e["start"])])
             out["realised_coverage"] = len(set(self.labels[: self.size].tolist())) / k
             sigs = {D.spec_signature(r["spec"]) for r in all_recs if r.get("spec")}
             out["unique_compositions"] = float(len(sigs) or len(set(self.labels[: self.size].tolist())))

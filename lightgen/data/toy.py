@@ -144,17 +144,20 @@ class ToyDataset:
         comps = [self.world.compositions(s) for s in batch["specs"]]
         out = D.subsample_metrics(batch["captions"], comps, self.gen.n_trainable, batch["images"])
         seen: set = set()
-        sigs: set = set()
+        structures: set = set()
         caps: set = set()
         for entry in self.manifest["shards"]:
             if entry["start"] >= self.size:
                 break
-            for r in self._reader.records(entry)[: self.size - entry["start"]]:
-                seen.update(map(tuple, self.world.compositions(r["spec"])))
-                sigs.add(D.spec_signature(r["spec"]))
-                caps.add(r["caption"])
+            recs = self._reader.records(entry)
+            k = min(len(recs), self.size - entry["start"])
+            caps.update(recs.raw("caption")[:k])
+            for raw in recs.raw("spec")[:k]:
+                spec = json.loads(raw)
+                seen.update(map(tuple, self.world.compositions(spec)))
+                structures.add(D.spec_signature(spec))
         out["realised_coverage"] = len(seen) / self.gen.n_trainable if self.gen.n_trainable else 0.0
-        out["unique_compositions"] = float(len(sigs))
+        out["unique_compositions"] = float(len(structures))
         out["unique_captions"] = float(len(caps))
         return out
 
