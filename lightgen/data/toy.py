@@ -7,7 +7,7 @@ share one cache and are prefixes of each other by construction.
 
 Stream vs shards (``data.storage``), decided by measurement (``benchmarks/bench_data.py``, recorded in
 ``benchmarks/RESULTS.md``): the teacher renders ~4,300 64-px images per CPU-second while reading stored
-uint8 images back from memory-mapped safetensors shards runs at 60–130K images/s, so storing images
+uint8 images back from memory-mapped safetensors shards costs ~11x less CPU (~54K images per CPU-second), so storing images
 wins whenever they fit on disk.  ``auto`` therefore stores image shards when the images of the
 requested scale take at most ``data.auto_max_gib`` GiB and otherwise streams: shards then hold only
 the records (caption, spec, render seed) and ``get_batch`` renders images on the fly, deterministically.
