@@ -6,11 +6,11 @@ N reads its first N items, and asking for a larger N extends the same folder.  S
 share one cache and are prefixes of each other by construction.
 
 Stream vs shards (``data.storage``), decided by measurement (``benchmarks/bench_data.py``, recorded in
-``benchmarks/RESULTS.md``): the teacher renders ~4,300 64-px images per CPU-second while reading stored
-uint8 images back from memory-mapped safetensors shards costs ~11x less CPU (~54K images per CPU-second), so storing images
-wins whenever they fit on disk.  ``auto`` therefore stores image shards when the images of the
-requested scale take at most ``data.auto_max_gib`` GiB and otherwise streams: shards then hold only
-the records (caption, spec, render seed) and ``get_batch`` renders images on the fly, deterministically.
+``benchmarks/RESULTS.md``): the teacher renders ~4,800 64-px images per CPU-second, while reading
+stored uint8 images back from memory-mapped safetensors shards costs ~11× less CPU (~54K images per
+CPU-second), so storing images wins whenever they fit on disk.  ``auto`` therefore stores image
+shards when the images of the requested scale take at most ``data.auto_max_gib`` GiB and otherwise
+streams: shards then hold only the records (caption, spec, render seed) and ``get_batch`` renders images on the fly, deterministically.
 Storage is part of the cache identity, so under ``auto`` scales on either side of the threshold use two
 folders (holding identical items); set ``data.storage`` explicitly to share one folder across a sweep.
 """
