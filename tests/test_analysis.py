@@ -128,6 +128,8 @@ def build(root: Path) -> StoreBuilder:
                               ("b5000", {"dpo.beta": 5000.0}, (4, 3))):
         for seed, n in enumerate(ns):
             b.trial("dpo-beta", p, point, seed, params, metrics_for(n) | before, records(n))
+    base = b.trial("dpo-beta", p, "base", 0, {}, metrics_for(1), None)      # the sweep's base run: no point
+    b.client.set_tag(base, "lightgen.kind", "base")
     # iterations: step-indexed history, no results
     p = b.parent("iterations")
     for seed in (0, 1):
@@ -292,6 +294,7 @@ def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
 
 def test_dpo_table_compares_each_beta_to_the_sft_arm(store):
     data = load_sweep(store.uri, sweep="dpo-beta")
+    assert "1 helper run(s) of kind base" in data.notes[0] and "base" not in set(data.runs["point_id"])
     t = T.build_ablation_table(data, "dpo-beta", T.point_summary(data, n_boot=200))
     assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β")[1:] == ["1000", "5000"]
     assert cells(t, "Overall") == [0.5, 0.75, 0.875]
@@ -355,31 +358,33 @@ def test_scale_curve_data_and_files(scale_data, tmp_path):
 
 
 def test_other_curves_data(store, scale_data):
-    seen = C.plot_vs_samples_seen(scale_data)
+    seen = C.plot_vs_samples_seen(scale_data, draw=False)
     assert seen["compute/samples_seen"].unique().tolist() == [1920] and seen["scale"].nunique() == 3
-    measured = C.plot_vs_measured_diversity(scale_data)
+    assert C.mean_by(seen, ["epochs"])["epochs"].tolist() == [3.84, 9.6, 19.2]
+    measured = C.plot_vs_measured_diversity(scale_data, draw=False)
     assert C.mean_by(measured, ["measured"])["measured"].tolist() == [1.0, 2.0, 5.0]
-    it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"))
+    it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"), draw=False)
     m = C.mean_by(it[it["metric"] == "Overall"], ["iteration"])
     assert m["iteration"].tolist() == [20, 40, 60] and m["mean"].tolist() == [0.375, 0.625, 0.875]
-    div = C.plot_vs_diversity_knobs(load_sweep(store.uri, sweep="caption-diversity"))
+    div = C.plot_vs_diversity_knobs(load_sweep(store.uri, sweep="caption-diversity"), draw=False)
     assert C.mean_by(div, ["knob_value"])["mean"].tolist() == [0.5, 0.75]
-    dpo = C.plot_dpo_beta(load_sweep(store.uri, sweep="dpo-beta"))
+    dpo = C.plot_dpo_beta(load_sweep(store.uri, sweep="dpo-beta"), draw=False)
     o = dpo[dpo["metric"] == "Overall"]
     assert C.mean_by(o[o["arm"] == "DPO"], ["dpo.beta"])["mean"].tolist() == [0.75, 0.875]
     assert o[o["arm"] == "SFT"]["value"].mean() == 0.5 and o[o["arm"] == "before"]["value"].mean() == 0.25
     assert C.plot_dpo_beta(scale_data).attrs["skipped"]                  # no β sweep there
 
 
-def test_heatmap_grid_and_skip(store):
+def test_heatmap_grid_and_skip(store, tmp_path):
     everything = load_sweep(store.uri)
     keep = everything.runs["sweep"].isin(["data-scale", "caption-diversity"])
     grid = SweepData(runs=everything.runs[keep].reset_index(drop=True), parents=everything.parents,
                      source=everything.source)
-    df = C.plot_scale_diversity_heatmap(grid).set_index(["data.scale", "diversity"])
+    df = C.plot_scale_diversity_heatmap(grid, out_dir=tmp_path, formats=("png",)).set_index(["data.scale", "diversity"])
     assert df.loc[(100000, 0.5), "mean"] == 0.5
     assert df.loc[(100000, 1.0), "mean"] == pytest.approx(0.5)           # (0.25 + 0.5 + 0.75) / 3
     assert df.loc[(500000, 1.0), "mean"] == 1.0 and len(df) == 4
+    assert (tmp_path / "scale_diversity_heatmap.png").stat().st_size > 1000
     assert "two or more" in C.plot_scale_diversity_heatmap(load_sweep(store.uri, sweep="dpo-beta")).attrs["skipped"]
 
 
