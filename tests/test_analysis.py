@@ -140,6 +140,10 @@ def build(root: Path) -> StoreBuilder:
     b.trial("paper-repro", p, "real256", 0, {"data.resolution": 256, "eval.prompt_set": "official",
                                               "world.kind": "real", "model.size": "L"},
             metrics_for(3), None, world="real")
+    # a run whose results.jsonl is corrupt
+    p = b.parent("broken")
+    rid = b.trial("broken", p, "bad", 0, {}, metrics_for(2), None)
+    b.client.log_text(rid, '{"correct": true, "tag": "colors"}\n{not json\n', "geneval/results.jsonl")
     b.build_seconds = time.perf_counter() - t
     return b
 
@@ -222,10 +226,18 @@ def test_empty_and_unknown_selections(store, tmp_path):
     df = load_runs(f"sqlite:///{tmp_path / 'none.db'}")
     assert df.empty and "no MLflow store" in df.attrs["notes"][0]
     assert not (tmp_path / "none.db").exists()                           # reading never creates a store
-    with pytest.raises(UserError, match="sweeps found: caption-diversity"):
+    with pytest.raises(UserError, match="sweeps found: broken, caption-diversity"):
         load_sweep(store.uri, sweep="no-such-sweep")
     with pytest.raises(UserError, match="no experiment named"):
         load_sweep(store.uri, experiment="nope")
+
+
+def test_corrupt_results_artifact_is_reported_not_fatal(store):
+    data = load_sweep(store.uri, sweep="broken")
+    assert data.prompt_results().empty
+    assert any("unreadable geneval/results.jsonl (line 2" in n for n in data.notes)
+    pts = T.point_summary(data, n_boot=50)
+    assert pts["ci_method"].tolist() == ["logged (prompts)"] and pts["ci_low"].tolist() == [0.4]
 
 
 def test_bundle_round_trip_gives_the_same_tables(store, scale_data, scale_points, tmp_path):
@@ -327,7 +339,7 @@ def test_paper_tables_rows_placement_and_bold(store):
     assert [b.label.split(" — ")[1] for b in t1.blocks[1:]] == ["world: real, prompt set: official"]
     assert len(t2.blocks) == 1
     toy = [b for b in t3.blocks if "world: toy" in b.label]
-    assert len(toy) == 1 and "NOT comparable" in toy[0].label and len(toy[0].rows) == 3 + 2 + 3 + 1
+    assert len(toy) == 1 and "NOT comparable" in toy[0].label and len(toy[0].rows) == 3 + 2 + 3 + 1 + 1
     md = T.render(t3)
     sd3 = next(line for line in md.splitlines() if line.startswith("| Stable Diffusion 3 "))
     assert "**0.68**" in sd3 and "arXiv:2503.08619" in md
