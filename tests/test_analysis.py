@@ -473,3 +473,31 @@ def test_other_knobs_missing_metrics_and_unscored_points(tmp_path):
     assert any("missing in 1 of 2 seed runs" in n for n in data.notes)
     t3 = T.build_paper_table(3, pts)
     assert len(t3.blocks[1].rows) == 2 and any("without any GenEval score" in n for n in t3.notes)
+
+
+def test_arms_are_separate_blocks_and_curves(tmp_path):
+    """caption-diversity style arms: a diversity arm and a coverage arm are compared only within themselves."""
+    rows = []
+    spec = [("div", "d0.5", {"params.data.caption_diversity": "0.5"}, 0.4),
+            ("div", "d1.0", {"params.data.caption_diversity": "1.0"}, 0.6),
+            ("cov", "c0.5", {"params.data.coverage": "0.5"}, 0.3),
+            ("cov", "c1.0", {"params.data.coverage": "1.0"}, 0.5)]
+    for i, (arm, point, params, overall) in enumerate(spec):
+        for seed in (0, 1):
+            rows.append({"run_id": f"r{i}{seed}", "experiment": "lightgen/cd", "status": "FINISHED",
+                         "start_time": pd.Timestamp(1_700_000_000 + 10 * i + seed, unit="s", tz="UTC"),
+                         "tags.lightgen.kind": "trial", "tags.lightgen.sweep": "cd", "tags.lightgen.arm": arm,
+                         "tags.lightgen.point_id": point, "tags.lightgen.seed": str(seed),
+                         "params.data.scale": "500000", "params.data.caption_diversity": "1.0",
+                         **params, "metrics.geneval/overall": overall + 0.1 * seed})
+    data = load_sweep(bundle=write_bundle(pd.DataFrame(rows), None, None, tmp_path / "cd"))
+    t = T.build_ablation_table(data, "cd", T.point_summary(data, n_boot=50))
+    assert [b.label for b in t.blocks] == ["arm div", "arm cov"]
+    div, cov = (b.rows for b in t.blocks)
+    assert div["Overall"].tolist() == [0.45, 0.65] and div["vs"].tolist() == ["–", "Diversity 0.5"]
+    assert cov["Coverage"].tolist() == ["0.5", "1"] and cov["Δ Overall"].tolist()[1] == pytest.approx(0.2)
+    knobs = C.plot_vs_diversity_knobs(data, draw=False)
+    per = C.mean_by(knobs, ["knob", "knob_value"])
+    # the coverage arm stays out of the caption-diversity panel and vice versa
+    assert per[per["knob"] == "caption_diversity"]["mean"].tolist() == pytest.approx([0.45, 0.65])
+    assert per[per["knob"] == "coverage"]["mean"].tolist() == pytest.approx([0.35, 0.55])

@@ -66,8 +66,9 @@ def _finish(df: pd.DataFrame, fig, out_dir, name: str, formats) -> pd.DataFrame:
 def run_scores(data: SweepData, metrics: Iterable[str] = ("overall",), prefix: str = "geneval") -> pd.DataFrame:
     """Long table: one row per (run, metric) with the run's point, seed and knob values."""
     runs = data.runs
+    arm = runs["tags.lightgen.arm"] if "tags.lightgen.arm" in runs.columns else pd.Series(None, index=runs.index)
     base = pd.DataFrame({"run_id": runs["run_id"], "point_id": runs["point_id"], "seed": runs["seed"],
-                         "sweep": runs["sweep"]})
+                         "sweep": runs["sweep"], "arm": arm.fillna("all").astype(str)})
     for k in ("data.scale", "data.scale_label", "data.actual_size", "train.iterations", "train.batch_size", "dpo.beta",
               "dpo.mode", *DIVERSITY_KNOBS):
         base[k] = param_values(runs, k).to_numpy()
@@ -84,6 +85,13 @@ def run_scores(data: SweepData, metrics: Iterable[str] = ("overall",), prefix: s
     return pd.concat(parts, ignore_index=True).dropna(subset=["value"])
 
 
+def _arms_varying(df: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    """Runs of the arms in which every one of ``knobs`` takes two or more values (arms are separate
+    experiments: a coverage arm says nothing about the caption-diversity knob, and vice versa)."""
+    keep = [a for a, g in df.groupby("arm") if all(pd.to_numeric(g[k], errors="coerce").nunique() >= 2 for k in knobs)]
+    return df[df["arm"].isin(keep)]
+
+
 def _scale_ticks(ax, df: pd.DataFrame) -> None:
     scales = sorted(df["data.scale"].dropna().unique())
     ax.set_xscale("log")
@@ -95,13 +103,15 @@ def _scale_ticks(ax, df: pd.DataFrame) -> None:
 def plot_vs_scale(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """Fig. 6a: GenEval overall and per task vs nominal data scale (log x, labels 100K…2M)."""
     df = run_scores(data, ("overall", *GENEVAL_TASKS))
-    if df.empty or df["data.scale"].nunique() < 2:
+    df = _arms_varying(df, ["data.scale"]) if not df.empty else df
+    if df.empty:
         return _skip("needs runs at two or more data scales")
     if not draw:
         return _finish(df, None, None, "", ())
     set_style()
     g = sns.relplot(data=df, x="data.scale", y="value", col="metric", col_wrap=4, kind="line", marker="o",
-                    errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
+                    hue="arm" if df["arm"].nunique() > 1 else None, errorbar=ERRORBAR, height=2.6, aspect=1.1,
+                    facet_kws={"sharey": False})
     for ax in g.axes.flat:
         _scale_ticks(ax, df)
     g.set_axis_labels("data scale (nominal)", "GenEval")
@@ -131,8 +141,8 @@ def plot_vs_samples_seen(data: SweepData, out_dir=None, formats=FORMATS, draw: b
     fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.2), sharey=True)
     for ax, x, label in ((axes[0], "compute/samples_seen", "samples seen (iterations × batch)"),
                          (axes[1], "epochs", "epochs over the training set")):
-        sns.lineplot(data=df, x=x, y="value", hue="scale", marker="o", errorbar=ERRORBAR, err_style="bars",
-                     ax=ax, legend=ax is axes[1])
+        sns.lineplot(data=df, x=x, y="value", hue="scale", style="arm" if df["arm"].nunique() > 1 else None,
+                     markers=True, errorbar=ERRORBAR, err_style="bars", ax=ax, legend=ax is axes[1])
         if df[x].notna().any():
             ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -170,11 +180,13 @@ def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS, draw: boo
 def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """GenEval overall vs each diversity knob that varies in the selection (at fixed volume per line)."""
     df = run_scores(data, ("overall",))
-    knobs = [k for k in DIVERSITY_KNOBS if not df.empty and pd.to_numeric(df[k], errors="coerce").nunique() >= 2]
-    if not knobs:
+    parts = [] if df.empty else [
+        _arms_varying(df, [k]).assign(knob=k.split(".")[1], knob_value=lambda d, k=k: pd.to_numeric(d[k], errors="coerce"))
+        for k in DIVERSITY_KNOBS]
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return _skip("needs runs at two or more values of a diversity knob")
-    long = pd.concat([df.assign(knob=k.split(".")[1], knob_value=pd.to_numeric(df[k], errors="coerce"))
-                      for k in knobs], ignore_index=True).dropna(subset=["knob_value"])
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["knob_value"])
     long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
     if not draw:
         return _finish(long, None, None, "", ())
@@ -216,8 +228,9 @@ def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS,
     df = run_scores(data, ("overall",))
     if df.empty:
         return _skip("no GenEval scores")
+    df = _arms_varying(df, ["data.scale", "data.caption_diversity"])
     div = pd.to_numeric(df["data.caption_diversity"], errors="coerce")
-    if df["data.scale"].nunique() < 2 or div.nunique() < 2:
+    if df.empty or df["data.scale"].nunique() < 2 or div.nunique() < 2:
         return _skip("needs a grid with two or more data scales and two or more caption diversities")
     grid = (df.assign(diversity=div).groupby(["data.scale", "diversity"])["value"]
             .agg(["mean", "std", "count"]).reset_index())
