@@ -230,6 +230,8 @@ def test_empty_and_unknown_selections(store, tmp_path):
         load_sweep(store.uri, sweep="no-such-sweep")
     with pytest.raises(UserError, match="no experiment named"):
         load_sweep(store.uri, experiment="nope")
+    with pytest.raises(UserError, match="unreachable"):
+        load_sweep("http://127.0.0.1:9")                                 # nothing listens on port 9
 
 
 def test_corrupt_results_artifact_is_reported_not_fatal(store):

@@ -158,9 +158,10 @@ def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS, draw: boo
     hist = hist[hist["key"].isin([f"geneval/{m}" for m in ("overall", *GENEVAL_TASKS)])]
     if not hist.empty and hist["step"].nunique() >= 2:
         seeds = data.runs.set_index("run_id")["seed"]
-        df = hist.assign(seed=hist["run_id"].map(seeds),
+        points = data.runs.set_index("run_id")["point_id"]
+        df = hist.assign(seed=hist["run_id"].map(seeds), point_id=hist["run_id"].map(points),
                          metric=hist["key"].str.slice(len("geneval/")).map(lambda m: METRIC_LABELS.get(m, m)),
-                         iteration=hist["step"])[["run_id", "seed", "metric", "iteration", "value"]]
+                         iteration=hist["step"])[["run_id", "point_id", "seed", "metric", "iteration", "value"]]
     else:
         df = run_scores(data, ("overall", *GENEVAL_TASKS))
         if df.empty or df["train.iterations"].nunique() < 2:
@@ -170,6 +171,7 @@ def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS, draw: boo
         return _finish(df, None, None, "", ())
     set_style()
     g = sns.relplot(data=df, x="iteration", y="value", col="metric", col_wrap=4, kind="line", marker="o",
+                    hue="point_id" if df["point_id"].nunique() > 1 else None,  # never average across points
                     errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
     g.set_axis_labels("training iterations", "GenEval")
     g.set_titles("{col_name}")

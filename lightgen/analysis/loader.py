@@ -34,6 +34,7 @@ from lightgen.tracking import (
     TAG_SEED,
     TAG_SWEEP,
     TAG_WORLD,
+    check_reachable,
     resolve_tracking_uri,
 )
 
@@ -111,6 +112,11 @@ class RunSource:
             if not db.is_file():  # never create an empty store as a side effect of reading
                 raise NoData(f"no MLflow store at {db} (tracking URI {uri}); run a sweep first, or pass "
                              "--tracking-uri or --from BUNDLE")
+        if uri.startswith(("http://", "https://")):
+            try:
+                check_reachable(uri)  # fail in seconds, not after MLflow's long retry loop
+            except ConnectionError as e:
+                raise UserError(str(e)) from None
         from mlflow.tracking import MlflowClient
 
         self.uri = uri

@@ -426,7 +426,13 @@ def _references(pts: pd.DataFrame, knobs: list[str]) -> list[int | None]:
 
 
 def _step_history(data: SweepData, pts: pd.DataFrame) -> pd.DataFrame | None:
-    """The step-indexed GenEval history when the sweep's runs logged GenEval at several steps."""
+    """The step-indexed GenEval history when the sweep's single point logged GenEval at several steps.
+
+    With several points the per-point table (final metrics) is shown instead: steps of different points
+    must not be averaged together.
+    """
+    if len(pts) != 1:
+        return None
     run_ids = [r for ids in pts["run_ids"] for r in ids]
     hist = data.history("geneval")
     hist = hist[hist["run_id"].isin(run_ids)]
