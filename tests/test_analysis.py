@@ -310,7 +310,7 @@ def test_dpo_table_compares_each_beta_to_the_sft_arm(store):
     data = load_sweep(store.uri, sweep="dpo-beta")
     assert "1 helper run(s) of kind base" in data.notes[0] and "base" not in set(data.runs["point_id"])
     t = T.build_ablation_table(data, "dpo-beta", T.point_summary(data, n_boot=200))
-    assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β")[1:] == ["1000", "5000"]
+    assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β") == ["–", "1000", "5000"]
     assert cells(t, "Overall") == [0.5, 0.75, 0.875]
     assert cells(t, "Before DPO") == [0.25] * 3
     assert cells(t, "vs")[1:] == ["Mode sft", "Mode sft"]

@@ -359,6 +359,9 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
             pvals.append(np.nan)
     holm = stats.holm(pvals)
     cols: dict[str, object] = {knob_label(k): [_fmt_knob(k, v) for v in pts[k]] for k in knobs}
+    if "dpo.beta" in knobs and "dpo.mode" in pts.columns:  # β means nothing in the SFT control arm
+        cols[knob_label("dpo.beta")] = ["–" if m == "sft" else b for m, b in
+                                        zip(pts["dpo.mode"], cols[knob_label("dpo.beta")])]
     if not knobs:
         cols["Point"] = pts["point_id"].to_numpy()
     cols["Seeds"] = pts["seeds"].astype(str).to_numpy()
@@ -478,7 +481,7 @@ def _best(rows: pd.DataFrame, numeric: list[str]) -> dict[str, float]:
     for c in numeric:
         if c in rows.columns:
             v = pd.to_numeric(rows[c], errors="coerce")
-            if v.notna().any():
+            if v.nunique() > 1 or (v.notna().sum() == 1 and len(rows) == 1):  # all tied: no "best"
                 best[c] = float(v.max())
     return best
 
