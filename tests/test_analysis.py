@@ -128,6 +128,8 @@ def build(root: Path) -> StoreBuilder:
                               ("b5000", {"dpo.beta": 5000.0}, (4, 3))):
         for seed, n in enumerate(ns):
             b.trial("dpo-beta", p, point, seed, params, metrics_for(n) | before, records(n))
+    base = b.trial("dpo-beta", p, "base", 0, {}, metrics_for(1), None)      # the sweep's base run: no point
+    b.client.set_tag(base, "lightgen.kind", "base")
     # iterations: step-indexed history, no results
     p = b.parent("iterations")
     for seed in (0, 1):
@@ -138,6 +140,10 @@ def build(root: Path) -> StoreBuilder:
     b.trial("paper-repro", p, "real256", 0, {"data.resolution": 256, "eval.prompt_set": "official",
                                               "world.kind": "real", "model.size": "L"},
             metrics_for(3), None, world="real")
+    # a run whose results.jsonl is corrupt
+    p = b.parent("broken")
+    rid = b.trial("broken", p, "bad", 0, {}, metrics_for(2), None)
+    b.client.log_text(rid, '{"correct": true, "tag": "colors"}\n{not json\n', "geneval/results.jsonl")
     b.build_seconds = time.perf_counter() - t
     return b
 
@@ -220,10 +226,20 @@ def test_empty_and_unknown_selections(store, tmp_path):
     df = load_runs(f"sqlite:///{tmp_path / 'none.db'}")
     assert df.empty and "no MLflow store" in df.attrs["notes"][0]
     assert not (tmp_path / "none.db").exists()                           # reading never creates a store
-    with pytest.raises(UserError, match="sweeps found: caption-diversity"):
+    with pytest.raises(UserError, match="sweeps found: broken, caption-diversity"):
         load_sweep(store.uri, sweep="no-such-sweep")
     with pytest.raises(UserError, match="no experiment named"):
         load_sweep(store.uri, experiment="nope")
+    with pytest.raises(UserError, match="unreachable"):
+        load_sweep("http://127.0.0.1:9")                                 # nothing listens on port 9
+
+
+def test_corrupt_results_artifact_is_reported_not_fatal(store):
+    data = load_sweep(store.uri, sweep="broken")
+    assert data.prompt_results().empty
+    assert any("unreadable geneval/results.jsonl (line 2" in n for n in data.notes)
+    pts = T.point_summary(data, n_boot=50)
+    assert pts["ci_method"].tolist() == ["logged (prompts)"] and pts["ci_low"].tolist() == [0.4]
 
 
 def test_bundle_round_trip_gives_the_same_tables(store, scale_data, scale_points, tmp_path):
@@ -292,8 +308,9 @@ def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
 
 def test_dpo_table_compares_each_beta_to_the_sft_arm(store):
     data = load_sweep(store.uri, sweep="dpo-beta")
+    assert "1 helper run(s) of kind base" in data.notes[0] and "base" not in set(data.runs["point_id"])
     t = T.build_ablation_table(data, "dpo-beta", T.point_summary(data, n_boot=200))
-    assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β")[1:] == ["1000", "5000"]
+    assert cells(t, "Mode") == ["sft", "dpo", "dpo"] and cells(t, "β") == ["–", "1000", "5000"]
     assert cells(t, "Overall") == [0.5, 0.75, 0.875]
     assert cells(t, "Before DPO") == [0.25] * 3
     assert cells(t, "vs")[1:] == ["Mode sft", "Mode sft"]
@@ -324,7 +341,7 @@ def test_paper_tables_rows_placement_and_bold(store):
     assert [b.label.split(" — ")[1] for b in t1.blocks[1:]] == ["world: real, prompt set: official"]
     assert len(t2.blocks) == 1
     toy = [b for b in t3.blocks if "world: toy" in b.label]
-    assert len(toy) == 1 and "NOT comparable" in toy[0].label and len(toy[0].rows) == 3 + 2 + 3 + 1
+    assert len(toy) == 1 and "NOT comparable" in toy[0].label and len(toy[0].rows) == 3 + 2 + 3 + 1 + 1
     md = T.render(t3)
     sd3 = next(line for line in md.splitlines() if line.startswith("| Stable Diffusion 3 "))
     assert "**0.68**" in sd3 and "arXiv:2503.08619" in md
@@ -355,31 +372,33 @@ def test_scale_curve_data_and_files(scale_data, tmp_path):
 
 
 def test_other_curves_data(store, scale_data):
-    seen = C.plot_vs_samples_seen(scale_data)
+    seen = C.plot_vs_samples_seen(scale_data, draw=False)
     assert seen["compute/samples_seen"].unique().tolist() == [1920] and seen["scale"].nunique() == 3
-    measured = C.plot_vs_measured_diversity(scale_data)
+    assert C.mean_by(seen, ["epochs"])["epochs"].tolist() == [3.84, 9.6, 19.2]
+    measured = C.plot_vs_measured_diversity(scale_data, draw=False)
     assert C.mean_by(measured, ["measured"])["measured"].tolist() == [1.0, 2.0, 5.0]
-    it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"))
+    it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"), draw=False)
     m = C.mean_by(it[it["metric"] == "Overall"], ["iteration"])
     assert m["iteration"].tolist() == [20, 40, 60] and m["mean"].tolist() == [0.375, 0.625, 0.875]
-    div = C.plot_vs_diversity_knobs(load_sweep(store.uri, sweep="caption-diversity"))
+    div = C.plot_vs_diversity_knobs(load_sweep(store.uri, sweep="caption-diversity"), draw=False)
     assert C.mean_by(div, ["knob_value"])["mean"].tolist() == [0.5, 0.75]
-    dpo = C.plot_dpo_beta(load_sweep(store.uri, sweep="dpo-beta"))
+    dpo = C.plot_dpo_beta(load_sweep(store.uri, sweep="dpo-beta"), draw=False)
     o = dpo[dpo["metric"] == "Overall"]
     assert C.mean_by(o[o["arm"] == "DPO"], ["dpo.beta"])["mean"].tolist() == [0.75, 0.875]
     assert o[o["arm"] == "SFT"]["value"].mean() == 0.5 and o[o["arm"] == "before"]["value"].mean() == 0.25
     assert C.plot_dpo_beta(scale_data).attrs["skipped"]                  # no β sweep there
 
 
-def test_heatmap_grid_and_skip(store):
+def test_heatmap_grid_and_skip(store, tmp_path):
     everything = load_sweep(store.uri)
     keep = everything.runs["sweep"].isin(["data-scale", "caption-diversity"])
     grid = SweepData(runs=everything.runs[keep].reset_index(drop=True), parents=everything.parents,
                      source=everything.source)
-    df = C.plot_scale_diversity_heatmap(grid).set_index(["data.scale", "diversity"])
+    df = C.plot_scale_diversity_heatmap(grid, out_dir=tmp_path, formats=("png",)).set_index(["data.scale", "diversity"])
     assert df.loc[(100000, 0.5), "mean"] == 0.5
     assert df.loc[(100000, 1.0), "mean"] == pytest.approx(0.5)           # (0.25 + 0.5 + 0.75) / 3
     assert df.loc[(500000, 1.0), "mean"] == 1.0 and len(df) == 4
+    assert (tmp_path / "scale_diversity_heatmap.png").stat().st_size > 1000
     assert "two or more" in C.plot_scale_diversity_heatmap(load_sweep(store.uri, sweep="dpo-beta")).attrs["skipped"]
 
 
@@ -456,3 +475,31 @@ def test_other_knobs_missing_metrics_and_unscored_points(tmp_path):
     assert any("missing in 1 of 2 seed runs" in n for n in data.notes)
     t3 = T.build_paper_table(3, pts)
     assert len(t3.blocks[1].rows) == 2 and any("without any GenEval score" in n for n in t3.notes)
+
+
+def test_arms_are_separate_blocks_and_curves(tmp_path):
+    """caption-diversity style arms: a diversity arm and a coverage arm are compared only within themselves."""
+    rows = []
+    spec = [("div", "d0.5", {"params.data.caption_diversity": "0.5"}, 0.4),
+            ("div", "d1.0", {"params.data.caption_diversity": "1.0"}, 0.6),
+            ("cov", "c0.5", {"params.data.coverage": "0.5"}, 0.3),
+            ("cov", "c1.0", {"params.data.coverage": "1.0"}, 0.5)]
+    for i, (arm, point, params, overall) in enumerate(spec):
+        for seed in (0, 1):
+            rows.append({"run_id": f"r{i}{seed}", "experiment": "lightgen/cd", "status": "FINISHED",
+                         "start_time": pd.Timestamp(1_700_000_000 + 10 * i + seed, unit="s", tz="UTC"),
+                         "tags.lightgen.kind": "trial", "tags.lightgen.sweep": "cd", "tags.lightgen.arm": arm,
+                         "tags.lightgen.point_id": point, "tags.lightgen.seed": str(seed),
+                         "params.data.scale": "500000", "params.data.caption_diversity": "1.0",
+                         **params, "metrics.geneval/overall": overall + 0.1 * seed})
+    data = load_sweep(bundle=write_bundle(pd.DataFrame(rows), None, None, tmp_path / "cd"))
+    t = T.build_ablation_table(data, "cd", T.point_summary(data, n_boot=50))
+    assert [b.label for b in t.blocks] == ["arm div", "arm cov"]
+    div, cov = (b.rows for b in t.blocks)
+    assert div["Overall"].tolist() == [0.45, 0.65] and div["vs"].tolist() == ["–", "Diversity 0.5"]
+    assert cov["Coverage"].tolist() == ["0.5", "1"] and cov["Δ Overall"].tolist()[1] == pytest.approx(0.2)
+    knobs = C.plot_vs_diversity_knobs(data, draw=False)
+    per = C.mean_by(knobs, ["knob", "knob_value"])
+    # the coverage arm stays out of the caption-diversity panel and vice versa
+    assert per[per["knob"] == "caption_diversity"]["mean"].tolist() == pytest.approx([0.45, 0.65])
+    assert per[per["knob"] == "coverage"]["mean"].tolist() == pytest.approx([0.35, 0.55])

@@ -3,7 +3,8 @@
 Every ``plot_*`` function takes a :class:`~lightgen.analysis.loader.SweepData`, draws one figure in the
 studio's style (seaborn, mean ± s.d. over seeds), writes it as PNG and PDF under ``out_dir`` (when given)
 and returns the long DataFrame it plotted (one row per run, or per run and step), so tests can check
-the data rather than pixels. ``df.attrs["files"]`` lists the files written. A plot whose data is absent
+the data rather than pixels (``draw=False`` skips the drawing). ``df.attrs["files"]`` lists the files
+written. A plot whose data is absent
 from the selection returns an empty frame and ``df.attrs["skipped"]`` says why.
 """
 
@@ -56,19 +57,19 @@ def _save(fig: plt.Figure, out_dir: str | Path | None, name: str, formats: Itera
 
 
 def _finish(df: pd.DataFrame, fig, out_dir, name: str, formats) -> pd.DataFrame:
-    if hasattr(fig, "figure") and not isinstance(fig, plt.Figure):
-        fig = fig.figure
+    """Save the figure (if any; ``draw=False`` passes none) and return the plotted data."""
     df = df.reset_index(drop=True)
-    df.attrs.update(files=_save(fig, out_dir, name, formats), skipped=None)
+    df.attrs.update(files=_save(fig, out_dir, name, formats) if fig is not None else [], skipped=None)
     return df
 
 
 def run_scores(data: SweepData, metrics: Iterable[str] = ("overall",), prefix: str = "geneval") -> pd.DataFrame:
     """Long table: one row per (run, metric) with the run's point, seed and knob values."""
     runs = data.runs
+    arm = runs["tags.lightgen.arm"] if "tags.lightgen.arm" in runs.columns else pd.Series(None, index=runs.index)
     base = pd.DataFrame({"run_id": runs["run_id"], "point_id": runs["point_id"], "seed": runs["seed"],
-                         "sweep": runs["sweep"]})
-    for k in ("data.scale", "data.scale_label", "train.iterations", "train.batch_size", "dpo.beta",
+                         "sweep": runs["sweep"], "arm": arm.fillna("all").astype(str)})
+    for k in ("data.scale", "data.scale_label", "data.actual_size", "train.iterations", "train.batch_size", "dpo.beta",
               "dpo.mode", *DIVERSITY_KNOBS):
         base[k] = param_values(runs, k).to_numpy()
     for c in runs.columns:
@@ -84,6 +85,13 @@ def run_scores(data: SweepData, metrics: Iterable[str] = ("overall",), prefix: s
     return pd.concat(parts, ignore_index=True).dropna(subset=["value"])
 
 
+def _arms_varying(df: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
+    """Runs of the arms in which every one of ``knobs`` takes two or more values (arms are separate
+    experiments: a coverage arm says nothing about the caption-diversity knob, and vice versa)."""
+    keep = [a for a, g in df.groupby("arm") if all(pd.to_numeric(g[k], errors="coerce").nunique() >= 2 for k in knobs)]
+    return df[df["arm"].isin(keep)]
+
+
 def _scale_ticks(ax, df: pd.DataFrame) -> None:
     scales = sorted(df["data.scale"].dropna().unique())
     ax.set_xscale("log")
@@ -92,14 +100,18 @@ def _scale_ticks(ax, df: pd.DataFrame) -> None:
     ax.minorticks_off()
 
 
-def plot_vs_scale(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+def plot_vs_scale(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """Fig. 6a: GenEval overall and per task vs nominal data scale (log x, labels 100K…2M)."""
     df = run_scores(data, ("overall", *GENEVAL_TASKS))
-    if df.empty or df["data.scale"].nunique() < 2:
+    df = _arms_varying(df, ["data.scale"]) if not df.empty else df
+    if df.empty:
         return _skip("needs runs at two or more data scales")
+    if not draw:
+        return _finish(df, None, None, "", ())
     set_style()
     g = sns.relplot(data=df, x="data.scale", y="value", col="metric", col_wrap=4, kind="line", marker="o",
-                    errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
+                    hue="arm" if df["arm"].nunique() > 1 else None, errorbar=ERRORBAR, height=2.6, aspect=1.1,
+                    facet_kws={"sharey": False})
     for ax in g.axes.flat:
         _scale_ticks(ax, df)
     g.set_axis_labels("data scale (nominal)", "GenEval")
@@ -108,41 +120,58 @@ def plot_vs_scale(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFram
     return _finish(df, g.figure, out_dir, "fig6a_scale", formats)
 
 
-def plot_vs_samples_seen(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
-    """Fig. 6a, iso-compute view: GenEval overall vs samples seen, one colour per data scale."""
+def plot_vs_samples_seen(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
+    """Fig. 6a, iso-compute view: GenEval overall vs samples seen and vs epochs, one colour per scale.
+
+    At fixed iterations every scale sees the same number of samples, so a small set is repeated for
+    many epochs and a large one is seen about once: the epochs panel shows that trade.
+    """
     df = run_scores(data, ("overall",))
     if df.empty or "compute/samples_seen" not in df.columns or df["compute/samples_seen"].isna().all():
         return _skip("needs the compute/samples_seen metric")
     if df["data.scale"].nunique() < 2 and df["compute/samples_seen"].nunique() < 2:
         return _skip("needs runs at two or more data scales or compute budgets")
-    df = df.assign(scale=df["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?"))
+    epochs = df["compute/epochs"] if "compute/epochs" in df.columns else pd.Series(float("nan"), index=df.index)
+    actual = pd.to_numeric(df["data.actual_size"], errors="coerce")
+    df = df.assign(scale=df["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?"),
+                   epochs=epochs.fillna(df["compute/samples_seen"] / actual))
+    if not draw:
+        return _finish(df, None, None, "", ())
     set_style()
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    sns.lineplot(data=df, x="compute/samples_seen", y="value", hue="scale", marker="o", errorbar=ERRORBAR,
-                 err_style="bars", ax=ax)
-    ax.set_xscale("log")
-    ax.set_xlabel("samples seen (iterations × batch)")
-    ax.set_ylabel("GenEval overall")
-    ax.set_title("GenEval vs samples seen (iso-compute view)")
+    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.2), sharey=True)
+    for ax, x, label in ((axes[0], "compute/samples_seen", "samples seen (iterations × batch)"),
+                         (axes[1], "epochs", "epochs over the training set")):
+        sns.lineplot(data=df, x=x, y="value", hue="scale", style="arm" if df["arm"].nunique() > 1 else None,
+                     markers=True, errorbar=ERRORBAR, err_style="bars", ax=ax, legend=ax is axes[1])
+        if df[x].notna().any():
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("GenEval overall")
+    fig.suptitle("GenEval vs compute (iso-compute view; mean ± s.d. over seeds)")
+    fig.tight_layout()
     return _finish(df, fig, out_dir, "fig6a_samples_seen", formats)
 
 
-def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """Fig. 6b: GenEval vs training iterations (step-indexed metrics, else final metrics per run)."""
     hist = data.history("geneval/")
     hist = hist[hist["key"].isin([f"geneval/{m}" for m in ("overall", *GENEVAL_TASKS)])]
     if not hist.empty and hist["step"].nunique() >= 2:
         seeds = data.runs.set_index("run_id")["seed"]
-        df = hist.assign(seed=hist["run_id"].map(seeds),
+        points = data.runs.set_index("run_id")["point_id"]
+        df = hist.assign(seed=hist["run_id"].map(seeds), point_id=hist["run_id"].map(points),
                          metric=hist["key"].str.slice(len("geneval/")).map(lambda m: METRIC_LABELS.get(m, m)),
-                         iteration=hist["step"])[["run_id", "seed", "metric", "iteration", "value"]]
+                         iteration=hist["step"])[["run_id", "point_id", "seed", "metric", "iteration", "value"]]
     else:
         df = run_scores(data, ("overall", *GENEVAL_TASKS))
         if df.empty or df["train.iterations"].nunique() < 2:
             return _skip("needs step-indexed GenEval metrics or runs with two or more iteration counts")
         df = df.rename(columns={"train.iterations": "iteration"})
+    if not draw:
+        return _finish(df, None, None, "", ())
     set_style()
     g = sns.relplot(data=df, x="iteration", y="value", col="metric", col_wrap=4, kind="line", marker="o",
+                    hue="point_id" if df["point_id"].nunique() > 1 else None,  # never average across points
                     errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
     g.set_axis_labels("training iterations", "GenEval")
     g.set_titles("{col_name}")
@@ -150,15 +179,19 @@ def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS) -> pd.Dat
     return _finish(df, g.figure, out_dir, "fig6b_iterations", formats)
 
 
-def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """GenEval overall vs each diversity knob that varies in the selection (at fixed volume per line)."""
     df = run_scores(data, ("overall",))
-    knobs = [k for k in DIVERSITY_KNOBS if not df.empty and pd.to_numeric(df[k], errors="coerce").nunique() >= 2]
-    if not knobs:
+    parts = [] if df.empty else [
+        _arms_varying(df, [k]).assign(knob=k.split(".")[1], knob_value=lambda d, k=k: pd.to_numeric(d[k], errors="coerce"))
+        for k in DIVERSITY_KNOBS]
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return _skip("needs runs at two or more values of a diversity knob")
-    long = pd.concat([df.assign(knob=k.split(".")[1], knob_value=pd.to_numeric(df[k], errors="coerce"))
-                      for k in knobs], ignore_index=True).dropna(subset=["knob_value"])
+    long = pd.concat(parts, ignore_index=True).dropna(subset=["knob_value"])
     long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    if not draw:
+        return _finish(long, None, None, "", ())
     set_style()
     g = sns.relplot(data=long, x="knob_value", y="value", col="knob", hue="scale", kind="line", marker="o",
                     errorbar=ERRORBAR, height=2.8, aspect=1.1, facet_kws={"sharex": False})
@@ -169,7 +202,7 @@ def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS) -> p
 
 
 def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
-                               metrics: Iterable[str] | None = None) -> pd.DataFrame:
+                               metrics: Iterable[str] | None = None, draw: bool = True) -> pd.DataFrame:
     """GenEval overall vs each measured diversity metric (``data/…``) of the training set."""
     df = run_scores(data, ("overall",))
     cols = [c for c in df.columns if c.startswith("data/")] if not df.empty else []
@@ -181,6 +214,8 @@ def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
     long = pd.concat([df.assign(measure=c[len("data/"):], measured=df[c]) for c in cols], ignore_index=True)
     long = long.dropna(subset=["measured"])
     long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    if not draw:
+        return _finish(long, None, None, "", ())
     set_style()
     g = sns.relplot(data=long, x="measured", y="value", col="measure", col_wrap=4, hue="scale", kind="scatter",
                     height=2.6, aspect=1.1, facet_kws={"sharex": False})
@@ -190,18 +225,21 @@ def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
     return _finish(long, g.figure, out_dir, "diversity_measured", formats)
 
 
-def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """Mean GenEval overall on the data scale × caption diversity grid: does diversity beat volume?"""
     df = run_scores(data, ("overall",))
     if df.empty:
         return _skip("no GenEval scores")
+    df = _arms_varying(df, ["data.scale", "data.caption_diversity"])
     div = pd.to_numeric(df["data.caption_diversity"], errors="coerce")
-    if df["data.scale"].nunique() < 2 or div.nunique() < 2:
+    if df.empty or df["data.scale"].nunique() < 2 or div.nunique() < 2:
         return _skip("needs a grid with two or more data scales and two or more caption diversities")
     grid = (df.assign(diversity=div).groupby(["data.scale", "diversity"])["value"]
             .agg(["mean", "std", "count"]).reset_index())
     pivot = grid.pivot(index="data.scale", columns="diversity", values="mean").sort_index(ascending=False)
     pivot.index = [size_label(int(s)) for s in pivot.index]
+    if not draw:
+        return _finish(grid, None, None, "", ())
     set_style()
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * pivot.shape[1], 1.0 + 0.6 * pivot.shape[0]))
     sns.heatmap(pivot, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
@@ -212,7 +250,7 @@ def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS)
     return _finish(grid, fig, out_dir, "scale_diversity_heatmap", formats)
 
 
-def plot_dpo_beta(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFrame:
+def plot_dpo_beta(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """GenEval (overall, position, counting) vs DPO β, with the SFT arm and the pre-DPO model as lines."""
     df = run_scores(data, ("overall", "position", "counting"))
     if df.empty or df["dpo.beta"].isna().all():
@@ -226,6 +264,8 @@ def plot_dpo_beta(data: SweepData, out_dir=None, formats=FORMATS) -> pd.DataFram
     sft = df[df["dpo.mode"] == "sft"]
     df = pd.concat([dpo.assign(arm="DPO"), sft.assign(arm="SFT"),
                     before.assign(arm="before") if not before.empty else None], ignore_index=True)
+    if not draw:
+        return _finish(df, None, None, "", ())
     set_style()
     metrics = list(dict.fromkeys(df["metric"]))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.0), squeeze=False)

@@ -34,6 +34,7 @@ from lightgen.tracking import (
     TAG_SEED,
     TAG_SWEEP,
     TAG_WORLD,
+    check_reachable,
     resolve_tracking_uri,
 )
 
@@ -111,6 +112,11 @@ class RunSource:
             if not db.is_file():  # never create an empty store as a side effect of reading
                 raise NoData(f"no MLflow store at {db} (tracking URI {uri}); run a sweep first, or pass "
                              "--tracking-uri or --from BUNDLE")
+        if uri.startswith(("http://", "https://")):
+            try:
+                check_reachable(uri)  # fail in seconds, not after MLflow's long retry loop
+            except ConnectionError as e:
+                raise UserError(str(e)) from None
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
@@ -277,8 +283,16 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
             raise UserError(f"no runs of sweep '{sweep}' in {source.description}; sweeps found: "
                          f"{', '.join(known) or '(none)'}")
     parents = df[df["kind"] == "sweep"].reset_index(drop=True)
-    trials = df[df["kind"] != "sweep"]
+    # a sweep's points are its trial runs; helper runs of a sweep (e.g. the DPO sweep's "base"
+    # pre-training run) are not points. Runs outside any sweep (train/dpo/eval) are kept.
+    in_sweep = df["sweep"].notna()
+    is_point = (df["kind"] != "sweep") & (~in_sweep | df["kind"].isna() | (df["kind"] == "trial"))
+    helpers = df[(df["kind"] != "sweep") & ~is_point]
+    trials = df[is_point]
     notes: list[str] = []
+    if len(helpers):
+        kinds = ", ".join(sorted(set(helpers["kind"].astype(str))))
+        notes.append(f"{len(helpers)} helper run(s) of kind {kinds} are not sweep points and are left out")
     partial = False
     running_parents = parents[parents["status"] == "RUNNING"]
     if len(running_parents):

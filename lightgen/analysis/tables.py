@@ -135,7 +135,9 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
     rows = []
     for pid, grp in runs.groupby("point_id", sort=False):
         first = grp.iloc[0]
-        row: dict = {"point_id": pid, "sweep": first["sweep"], "world": first["world"],
+        arm = first.get("tags.lightgen.arm")
+        row: dict = {"point_id": pid, "sweep": first["sweep"], "arm": arm if isinstance(arm, str) else None,
+                     "world": first["world"],
                      "prompt_set": first["prompt_set"], "seeds": int(grp["seed"].nunique()),
                      "run_ids": list(grp["run_id"])}
         for k in KNOBS:
@@ -205,9 +207,13 @@ def _varying(pts: pd.DataFrame) -> list[str]:
 
 def _labels(pts: pd.DataFrame) -> list[str]:
     labels = []
-    by_sweep = {s: _varying(g) for s, g in pts.groupby("sweep", dropna=False)}
-    for _, r in pts.iterrows():
-        knobs = by_sweep.get(r["sweep"], [])
+    # label by the knobs that vary within the point's own sweep arm (all of the sweep without arms)
+    keys = pts["sweep"].astype(str) + "\x00" + pts["arm"].fillna("").astype(str)
+    if pts.groupby("sweep", dropna=False)["arm"].nunique().le(1).all() or "dpo.mode" in _varying(pts):
+        keys = pts["sweep"].astype(str)
+    by_group = {k: _varying(g) for k, g in pts.groupby(keys)}
+    for key, (_, r) in zip(keys, pts.iterrows()):
+        knobs = by_group.get(key, [])
         if r.get("dpo.mode") == "sft":
             knobs = [k for k in knobs if k != "dpo.beta"]
         desc = ", ".join(f"{knob_label(k)} {_fmt_knob(k, r[k])}" for k in knobs)
@@ -317,9 +323,26 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     if history is not None:
         return _iterations_table(sweep, history, data)
     knobs = _varying(pts) or []
-    pts = _sort_points(pts, knobs)
-    refs = _references(pts, knobs)
+    # Arms of a sweep (tag lightgen.arm) are separate experiments: each gets its own block, sorted and
+    # compared within itself. A DPO sweep stays one block: every β is compared with the SFT arm.
+    arms = [a for a in pts["arm"].dropna().unique()] if "arm" in pts.columns else []
+    dpo_vs_sft = "dpo.mode" in knobs and (pts["dpo.mode"] == "sft").any()
+    if len(arms) > 1 and not dpo_vs_sft:
+        groups = [(str(a), pts[pts["arm"] == a]) for a in arms]
+        if pts["arm"].isna().any():
+            groups.append(("(no arm)", pts[pts["arm"].isna()]))
+    else:
+        groups = [(f"sweep {sweep}", pts)]
     results = data.prompt_results()
+    ordered, group_of, refs = [], [], []
+    for gi, (_, g) in enumerate(groups):
+        gk = _varying(g) if len(groups) > 1 else knobs
+        g = _sort_points(g, gk)
+        offset = sum(len(x) for x in ordered)
+        refs += [None if r is None else r + offset for r in _references(g, gk)]
+        ordered.append(g)
+        group_of += [gi] * len(g)
+    pts = pd.concat(ordered, ignore_index=True)
     deltas, pvals, vs = [], [], []
     for i, ref in enumerate(refs):
         if ref is None:
@@ -336,6 +359,9 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
             pvals.append(np.nan)
     holm = stats.holm(pvals)
     cols: dict[str, object] = {knob_label(k): [_fmt_knob(k, v) for v in pts[k]] for k in knobs}
+    if "dpo.beta" in knobs and "dpo.mode" in pts.columns:  # β means nothing in the SFT control arm
+        cols[knob_label("dpo.beta")] = ["–" if m == "sft" else b for m, b in
+                                        zip(pts["dpo.mode"], cols[knob_label("dpo.beta")])]
     if not knobs:
         cols["Point"] = pts["point_id"].to_numpy()
     cols["Seeds"] = pts["seeds"].astype(str).to_numpy()
@@ -359,6 +385,8 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     cols["p"] = np.round(pvals, 4)
     cols["p (Holm)"] = np.round(holm, 4)
     rows = pd.DataFrame(cols)
+    blocks = [Block(label if len(groups) == 1 else f"arm {label}", rows[np.asarray(group_of) == gi].reset_index(drop=True))
+              for gi, (label, _) in enumerate(groups)]
     first = pts.iloc[0]
     notes = [f"Sweep '{sweep}', world {first['world']}, prompt set {first['prompt_set']}; cells are means "
              "over seeds; p: paired sign-flip test over shared prompts (exact when few prompts differ), "
@@ -367,8 +395,7 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
     numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
-    return Table(f"Ablation: {sweep}", list(rows.columns), [Block(f"sweep {sweep}", rows)],
-                 notes + list(data.notes), data.partial, numeric=numeric, name=f"ablation_{sweep}")
+    return Table(f"Ablation: {sweep}", list(rows.columns), blocks, notes + list(data.notes), data.partial, numeric=numeric, name=f"ablation_{sweep}")
 
 
 def _sort_points(pts: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
@@ -402,7 +429,13 @@ def _references(pts: pd.DataFrame, knobs: list[str]) -> list[int | None]:
 
 
 def _step_history(data: SweepData, pts: pd.DataFrame) -> pd.DataFrame | None:
-    """The step-indexed GenEval history when the sweep's runs logged GenEval at several steps."""
+    """The step-indexed GenEval history when the sweep's single point logged GenEval at several steps.
+
+    With several points the per-point table (final metrics) is shown instead: steps of different points
+    must not be averaged together.
+    """
+    if len(pts) != 1:
+        return None
     run_ids = [r for ids in pts["run_ids"] for r in ids]
     hist = data.history("geneval")
     hist = hist[hist["run_id"].isin(run_ids)]
@@ -448,7 +481,7 @@ def _best(rows: pd.DataFrame, numeric: list[str]) -> dict[str, float]:
     for c in numeric:
         if c in rows.columns:
             v = pd.to_numeric(rows[c], errors="coerce")
-            if v.notna().any():
+            if v.nunique() > 1 or (v.notna().sum() == 1 and len(rows) == 1):  # all tied: no "best"
                 best[c] = float(v.max())
     return best
 
