@@ -145,3 +145,33 @@ def test_cli_import_logs_metrics_and_artifact(tmp_path, monkeypatch):
     assert arts == ["geneval/results.jsonl"]
     r = runner.invoke(app, ["geneval", "import", str(src), "--run", "nope", "--tracking-uri", uri])
     assert r.exit_code == 2 and "no such MLflow run" in r.output
+
+
+def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
+    """`geneval sample` with a stand-in model API (the real one lives in lightgen.model / train)."""
+    cfg, world, sets = setup
+    from lightgen.geneval import cli as gcli
+    from lightgen.geneval.evaluate import prompt_set
+
+    specs = {s["prompt"]: s for s in prompt_set(cfg, world)}
+    calls = []
+
+    def load_checkpoint(path):
+        return "model", cfg
+
+    def sample_images(model, captions, eval_cfg, seeds):
+        calls.append(list(seeds))
+        return world.render([specs[c] for c in captions], cfg.data.resolution, seeds)
+
+    monkeypatch.setattr(gcli, "_model_api", lambda: (load_checkpoint, sample_images))
+    (tmp_path / "ckpt").mkdir()
+    out = tmp_path / "gv"
+    r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
+                            "--images-per-prompt", "3", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    metas, paths = read_folder(out)
+    assert len(metas) == 18 and all(len(p) == 3 for p in paths)
+    assert metas[0] == json.loads((out / "evaluation_metadata.jsonl").read_text().splitlines()[0])
+    assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(54)]
+    r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
+    assert r.exit_code == 2 and "checkpoint not found" in r.output
