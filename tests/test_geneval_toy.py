@@ -43,7 +43,7 @@ def test_toy_prompts_seeded_and_flagged(world):
     assert a != toy_prompts(world, 8, seed=4)
     tags = [s["tag"] for s in a]
     assert [tags.count(t) for t in TASKS] == [8] * 6
-    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)
+    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)  # 8 per task: all distinct
     for s in a:
         assert s["seen"] is (not world.is_heldout(s))
         world.validate_spec(s)  # every prompt is renderable by the teacher
@@ -55,6 +55,9 @@ def test_toy_prompts_seeded_and_flagged(world):
     # over a larger set both seen and unseen prompts occur (held-out compositions exist)
     flags = {s["seen"] for s in toy_prompts(world, 40, seed=0)}
     assert flags == {True, False}
+    # 12 classes give only 12 distinct single-object prompts: they are repeated to fill the task
+    singles = [s for s in toy_prompts(world, 20, seed=0) if s["tag"] == "single_object"]
+    assert len(singles) == 20 and len({s["prompt"] for s in singles}) == len(world.classes)
 
 
 def test_detector_boxes_and_colours_exact(world, detector):
