@@ -63,10 +63,16 @@ MAX_ROTATION_DEG = 30.0
 # Silhouettes: indicator functions on [-1, 1]^2 (y up)
 # --------------------------------------------------------------------------------------------------
 def _poly(x: np.ndarray, y: np.ndarray, verts: Sequence[tuple[float, float]]) -> np.ndarray:
-    from matplotlib.path import Path as MplPath
-
-    pts = np.stack([x.ravel(), y.ravel()], axis=1)
-    return MplPath(np.asarray(verts, dtype=float)).contains_points(pts).reshape(x.shape)
+    """Even-odd point-in-polygon test, vectorised over the points (works for non-convex stars)."""
+    inside = np.zeros(x.shape, dtype=bool)
+    v = list(verts)
+    for (x1, y1), (x2, y2) in zip(v, v[1:] + v[:1]):
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        xi = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < xi)
+    return inside
 
 
 def _regular(n: int, r: float, phase: float = math.pi / 2) -> list[tuple[float, float]]:
@@ -124,34 +130,44 @@ def _shape(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def silhouette(name: str, size: int, rot: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Anti-aliased alpha mask (float32 [size, size]) of a class at a rotation level, plus the
-    tight box ``(x0, y0, x1, y1)`` (exclusive) of pixels with alpha ≥ 0.5 inside the stamp.
-
-    Cached for the process: the same (class, size, rotation) is rasterised once, which is what
-    makes rendering millions of images cheap.
-    """
+def _silhouettes(name: str, size: int) -> tuple[tuple[np.ndarray, tuple[int, int, int, int]], ...]:
+    """All rotation levels of one class at one pixel size, rasterised in one vectorised call."""
     ss = 4
     n = size * ss
     c = (np.arange(n, dtype=np.float64) + 0.5) / n * 2.0 - 1.0
     xx, yy = np.meshgrid(c, -c)  # y up
-    ang = math.radians(-MAX_ROTATION_DEG + 2 * MAX_ROTATION_DEG * rot / max(1, N_ROTATIONS - 1))
-    ca, sa = math.cos(ang), math.sin(ang)
-    xr, yr = ca * xx + sa * yy, -sa * xx + ca * yy  # rotate the grid = rotate the shape by -ang
+    angles = np.radians(-MAX_ROTATION_DEG + 2 * MAX_ROTATION_DEG * np.arange(N_ROTATIONS) / max(1, N_ROTATIONS - 1))
+    ca, sa = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
+    xr, yr = ca * xx + sa * yy, -sa * xx + ca * yy  # rotate the grid = rotate the shape by -angle
     inside = _shape(name, xr, yr).astype(np.float32)
-    cover = inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
-    # Sharpened edges: pixels ≥ 75 % covered are fully opaque, so even tiny or thin objects show at
-    # least one pixel of their exact palette colour (what a colour classifier looks at).
-    alpha = np.clip(2.0 * (cover - 0.5) + 0.5, 0.0, 1.0).astype(np.float32)
-    if size < 12:  # tiny stamps: hard edges, otherwise thin shapes (ring, frame) have no pure pixel
-        alpha = (cover >= 0.4).astype(np.float32)
-    ys, xs = np.nonzero(alpha >= 0.5)
-    if len(xs) == 0:  # degenerate tiny stamp: fall back to its centre pixel
-        h = size // 2
-        alpha[h, h] = 1.0
-        ys, xs = np.array([h]), np.array([h])
-    alpha.setflags(write=False)
-    return alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    cover = inside.reshape(N_ROTATIONS, size, ss, size, ss).mean(axis=(2, 4))
+    out = []
+    for k in range(N_ROTATIONS):
+        # Sharpened edges: pixels ≥ 75 % covered are fully opaque, so even small objects show their
+        # exact palette colour; tiny stamps get hard edges (thin shapes would have no pure pixel).
+        if size < 12:
+            alpha = (cover[k] >= 0.4).astype(np.float32)
+        else:
+            alpha = np.clip(2.0 * (cover[k] - 0.5) + 0.5, 0.0, 1.0).astype(np.float32)
+        ys, xs = np.nonzero(alpha >= 0.5)
+        if len(xs) == 0:  # degenerate tiny stamp: fall back to its centre pixel
+            h = size // 2
+            alpha[h, h] = 1.0
+            ys, xs = np.array([h]), np.array([h])
+        alpha = np.ascontiguousarray(alpha[..., None])  # [s, s, 1]: broadcasts over RGB when stamping
+        alpha.setflags(write=False)
+        out.append((alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+    return tuple(out)
+
+
+def silhouette(name: str, size: int, rot: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Anti-aliased alpha mask (float32 ``[size, size, 1]``) of a class at a rotation level, plus the
+    tight box ``(x0, y0, x1, y1)`` (exclusive) of pixels with alpha ≥ 0.5 inside the stamp.
+
+    Cached for the process: each (class, size) is rasterised once, which is what makes rendering
+    millions of images cheap.
+    """
+    return _silhouettes(name, size)[rot]
 
 
 def relation_holds(box_a: Sequence[float], box_b: Sequence[float], relation: str,
@@ -171,6 +187,14 @@ def relation_holds(box_a: Sequence[float], box_b: Sequence[float], relation: str
         return False
     dx, dy = revised / norm
     return {"left of": dx < -0.5, "right of": dx > 0.5, "above": dy < -0.5, "below": dy > 0.5}[relation]
+
+
+_N_UNIFORMS = 128  # enough for 16 objects (6 draws each) plus colours and the background
+
+
+@functools.lru_cache(maxsize=None)
+def _edges(res: int, g: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.linspace(0, res, g + 1).round())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,15 +327,23 @@ class ToyWorld:
         return inc
 
     # ---- rendering -----------------------------------------------------------------------------
-    def _layout(self, spec: dict, res: int, rng: np.random.Generator) -> list[tuple[str, str, int, int, int, int]]:
-        """Objects as (class, colour, x0, y0, size, rotation level); no two stamps overlap."""
+    def _layout(self, spec: dict, res: int, u: np.ndarray) -> list[tuple[str, str, int, int, int, int]]:
+        """Objects as (class, colour, x0, y0, size, rotation level); no two stamps overlap.
+
+        All randomness comes from ``u`` (uniforms in [0, 1), drawn once per image: one generator call
+        instead of dozens is most of what makes rendering fast).
+        """
         inc = self.validate_spec(spec)
+        k = iter(u)
+        nxt = k.__next__
+        uni = lambda lo, hi: lo + (hi - lo) * nxt()  # noqa: E731
+        pick = lambda n: min(int(nxt() * n), n - 1)  # noqa: E731
         colors = []
         for cl in inc:
             col = cl.get("color")
             if col is None:
                 opts = self._trainable_colors[cl["class"]]
-                col = opts[int(rng.integers(len(opts)))]
+                col = opts[pick(len(opts))]
             colors.append(col)
         step = max(1, res // 32)
         q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
@@ -322,41 +354,41 @@ class ToyWorld:
             a, b = pos_clause, int(j)
             # A is `rel` of B: put "first" on the low side of the axis, "second" on the high side.
             low, high = (a, b) if rel in ("left of", "above") else (b, a)
-            sizes = {k: q(res * rng.uniform(0.28, 0.42)) for k in (low, high)}
+            sizes = {low: q(res * uni(0.28, 0.42)), high: q(res * uni(0.28, 0.42))}
             gap = max(1.0, 0.04 * res)
             half = res / 2.0
-            c_low = rng.uniform(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
-            c_high = rng.uniform(half + gap / 2 + sizes[high] / 2, res - sizes[high] / 2)
+            c_low = uni(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
+            c_high = uni(half + gap / 2 + sizes[high] / 2, res - sizes[high] / 2)
             smax = max(sizes.values())
-            p_low = rng.uniform(smax / 2, res - smax / 2)
-            p_high = float(np.clip(p_low + rng.uniform(-0.12, 0.12) * res, smax / 2, res - smax / 2))
+            p_low = uni(smax / 2, res - smax / 2)
+            p_high = min(max(p_low + uni(-0.12, 0.12) * res, smax / 2), res - smax / 2)
             horizontal = rel in ("left of", "right of")
-            for k, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
-                s = sizes[k]
+            for idx, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
+                s = sizes[idx]
                 cx, cy = (along, perp) if horizontal else (perp, along)
-                x0 = int(np.clip(round(cx - s / 2), 0, res - s))
-                y0 = int(np.clip(round(cy - s / 2), 0, res - s))
-                objs.append((inc[k]["class"], colors[k], x0, y0, s, int(rng.integers(N_ROTATIONS))))
+                x0 = min(max(round(cx - s / 2), 0), res - s)
+                y0 = min(max(round(cy - s / 2), 0), res - s)
+                objs.append((inc[idx]["class"], colors[idx], x0, y0, s, pick(N_ROTATIONS)))
             return objs
         items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
         n = len(items)
         if n == 1:
-            s = q(res * rng.uniform(0.35, 0.6))
-            x0, y0 = (int(v) for v in rng.integers(0, res - s + 1, size=2))
-            return [(items[0][0], items[0][1], x0, y0, s, int(rng.integers(N_ROTATIONS)))]
+            s = q(res * uni(0.35, 0.6))
+            x0, y0 = pick(res - s + 1), pick(res - s + 1)
+            return [(items[0][0], items[0][1], x0, y0, s, pick(N_ROTATIONS))]
         g = max(2, math.ceil(math.sqrt(n)))
-        cells = rng.choice(g * g, size=n, replace=False)
-        edges = np.linspace(0, res, g + 1).round().astype(int)
-        fr = rng.uniform(0.6, 0.92, size=n)
-        rots = rng.integers(N_ROTATIONS, size=n)
-        jit = rng.uniform(0, 1, size=(n, 2))
-        for k, (cls, col) in enumerate(items):
-            r, c = divmod(int(cells[k]), g)
-            cw = min(edges[c + 1] - edges[c], edges[r + 1] - edges[r])
-            s = min(q(cw * fr[k]), cw)
-            x0 = edges[c] + int(jit[k, 0] * (edges[c + 1] - edges[c] - s + 1))
-            y0 = edges[r] + int(jit[k, 1] * (edges[r + 1] - edges[r] - s + 1))
-            objs.append((cls, col, int(min(x0, edges[c + 1] - s)), int(min(y0, edges[r + 1] - s)), s, int(rots[k])))
+        cells = list(range(g * g))
+        for i in range(n):  # partial Fisher-Yates: n distinct cells
+            j = i + pick(g * g - i)
+            cells[i], cells[j] = cells[j], cells[i]
+        edges = _edges(res, g)
+        for idx, (cls, col) in enumerate(items):
+            r, c = divmod(cells[idx], g)
+            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
+            s = min(q(min(w_c, h_c) * uni(0.6, 0.92)), w_c, h_c)
+            x0 = edges[c] + pick(w_c - s + 1)
+            y0 = edges[r] + pick(h_c - s + 1)
+            objs.append((cls, col, x0, y0, s, pick(N_ROTATIONS)))
         return objs
 
     def _check_resolution(self, resolution: int) -> int:
@@ -365,15 +397,15 @@ class ToyWorld:
         return int(resolution)
 
     def _draw(self, canvas: np.ndarray, spec: dict, res: int, seed: int) -> list[dict]:
-        rng = np.random.default_rng(int(seed))
-        objs = self._layout(spec, res, rng)
-        bg = self.backgrounds[int(rng.integers(len(self.backgrounds)))] if len(self.backgrounds) > 1 else self.backgrounds[0]
+        u = np.random.default_rng(int(seed)).random(_N_UNIFORMS).tolist()
+        bg = self.backgrounds[min(int(u[-1] * len(self.backgrounds)), len(self.backgrounds) - 1)]
+        objs = self._layout(spec, res, u)
         canvas[...] = bg
         out = []
         for cls, col, x0, y0, s, rot in objs:
             alpha, (bx0, by0, bx1, by1) = silhouette(cls, s, rot)
             region = canvas[y0 : y0 + s, x0 : x0 + s]
-            region += alpha[..., None] * (self._colors_np[col] - region)
+            region += alpha * (self._colors_np[col] - region)
             out.append({"class": cls, "color": col, "box": [x0 + bx0, y0 + by0, x0 + bx1, y0 + by1]})
         return out
 
