@@ -49,6 +49,10 @@ def test_toy_prompts_seeded_and_flagged(world):
         world.validate_spec(s)  # every prompt is renderable by the teacher
         for cl in s["include"]:
             assert cl["class"] in world.classes and cl.get("color", "red") in world.colors
+    from lightgen.world.captions import geneval_prompt
+
+    # the same literal phrasing as the GenEval-style training captions
+    assert all(s["prompt"] == geneval_prompt(s) for s in a)
     examples = {s["prompt"] for s in toy_prompts(world, 40, seed=0)}
     assert any(p.startswith("a photo of three ") for p in examples)
     assert any(" left of a" in p for p in examples)
