@@ -145,3 +145,63 @@ def test_cli_import_logs_metrics_and_artifact(tmp_path, monkeypatch):
     assert arts == ["geneval/results.jsonl"]
     r = runner.invoke(app, ["geneval", "import", str(src), "--run", "nope", "--tracking-uri", uri])
     assert r.exit_code == 2 and "no such MLflow run" in r.output
+
+
+def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
+    """`geneval sample` with a stand-in model API (the real one lives in lightgen.model / train)."""
+    cfg, world, sets = setup
+    from lightgen.geneval import cli as gcli
+    from lightgen.geneval.evaluate import prompt_set
+
+    specs = {s["prompt"]: s for s in prompt_set(cfg, world)}
+    calls = []
+
+    def load_checkpoint(path):
+        return "model", cfg
+
+    def sample_images(model, captions, eval_cfg, seeds):
+        calls.append(list(seeds))
+        return world.render([specs[c] for c in captions], cfg.data.resolution, seeds)
+
+    monkeypatch.setattr(gcli, "_model_api", lambda: (load_checkpoint, sample_images))
+    (tmp_path / "ckpt").mkdir()
+    out = tmp_path / "gv"
+    r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out),
+                            "--images-per-prompt", "3", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    metas, paths = read_folder(out)
+    assert len(metas) == 18 and all(len(p) == 3 for p in paths)
+    assert metas[0] == json.loads((out / "evaluation_metadata.jsonl").read_text().splitlines()[0])
+    assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(54)]
+    r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
+    assert r.exit_code == 2 and "checkpoint not found" in r.output
+    r = runner.invoke(app, ["geneval", "sample", "--out", str(out)])
+    assert r.exit_code == 2 and "exactly one of --checkpoint PATH or --teacher" in r.output
+
+
+def test_cli_teacher_sample_evaluate_shuffle(setup, tmp_path):
+    """The 'done when' check through the CLI: teacher renders score >= 0.97, shuffled images collapse."""
+    _, _, sets = setup
+    opts = sum((["--set", s] for s in sets), [])
+    out = tmp_path / "teacher"
+    r = runner.invoke(app, ["geneval", "sample", "--teacher", "--out", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["geneval", "evaluate", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    overall = float(r.output.split("Overall score (avg. over tasks): ")[1].split()[0])
+    assert overall >= 0.97
+    # shuffle the prompt folders' metadata: every image is now scored against another prompt
+    metas = [(d / "metadata.jsonl").read_text() for d in sorted(out.glob("0*"))]
+    for d, m in zip(sorted(out.glob("0*")), metas[7:] + metas[:7]):
+        (d / "metadata.jsonl").write_text(m)
+    r = runner.invoke(app, ["geneval", "evaluate", str(out), *opts])
+    assert float(r.output.split("Overall score (avg. over tasks): ")[1].split()[0]) < 0.35
+
+
+def test_config_field_detector_train_images():
+    from lightgen.config import ConfigError
+
+    assert load_config("smoke").eval.detector_train_images == 2400
+    assert load_config("smoke", ["eval.detector_train_images=500"]).eval.detector_train_images == 500
+    with pytest.raises(ConfigError, match="eval.detector_train_images"):
+        load_config("smoke", ["eval.detector_train_images=10"])
