@@ -82,7 +82,7 @@ Sampler = Callable[[list[str], list[int]], np.ndarray]
 PAIRS_FILE = "pairs.jsonl"
 MANIFEST_FILE = "manifest.json"
 _SEED_SALT = 0xD90  # DPO's randomness (pair order, masks, noise) is a different stream from pre-training's
-STAT_KEYS = ("dpo/loss", "dpo/reward_accuracy", "dpo/margin", "dpo/delta_w", "dpo/delta_l")
+STAT_KEYS = ("dpo/loss", "dpo/reward_accuracy", "dpo/margin", "dpo/abs_margin", "dpo/delta_w", "dpo/delta_l")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,7 +95,8 @@ def dpo_loss(l_pol_w: torch.Tensor, l_pol_l: torch.Tensor, l_ref_w: torch.Tensor
     L = mean_i −log σ(−β·[(ℓθ(w_i) − ℓref(w_i)) − (ℓθ(l_i) − ℓref(l_i))]), reduced per pair first.
     Stats (tensors, no host sync): ``dpo/loss``, ``dpo/reward_accuracy`` (share of pairs with a positive
     margin), ``dpo/margin`` (mean Δ_l − Δ_w, not multiplied by β so it compares across β),
-    ``dpo/delta_w``, ``dpo/delta_l`` (mean ℓ differences to the reference).
+    ``dpo/abs_margin`` (mean |Δ_l − Δ_w|: the scale β is calibrated against, β·|m| ≈ 1 is where the
+    sigmoid bends), ``dpo/delta_w``, ``dpo/delta_l`` (mean ℓ differences to the reference).
     """
     shapes = {t.shape for t in (l_pol_w, l_pol_l, l_ref_w, l_ref_l)}
     if len(shapes) != 1 or l_pol_w.dim() != 1:
@@ -110,6 +111,7 @@ def dpo_loss(l_pol_w: torch.Tensor, l_pol_l: torch.Tensor, l_ref_w: torch.Tensor
             "dpo/loss": loss.detach(),
             "dpo/reward_accuracy": (margin > 0).float().mean(),
             "dpo/margin": margin.mean(),
+            "dpo/abs_margin": margin.abs().mean(),
             "dpo/delta_w": delta_w.mean(),
             "dpo/delta_l": delta_l.mean(),
         }
