@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 MICRO = [
     "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
-    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=32",
+    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
     "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
     "eval.num_iter=4", "eval.diffusion_steps=3", "eval.cfg=2.0", "eval.batch_size=4",
 ]
@@ -233,3 +233,8 @@ def test_sampling_is_seeded_and_inpainting_keeps_known_tokens(model, ds):
     out = sample_images(model, caps, cfg.eval, seed=3, known_tokens=kt, known_mask=known)
     assert np.array_equal(out[:, :16], src[:, :16])
     assert not np.array_equal(out[:, 16:], src[:, 16:])
+
+
+def test_head_narrower_than_token_is_refused(ds):
+    with pytest.raises(ValueError, match="model.head_width"):
+        build_model(micro_cfg("model.head_width=64"), vocab=ds.vocabulary())

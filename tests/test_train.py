@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 MICRO = [
     "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
-    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=32",
+    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
     "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
     "train.batch_size=4", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3", "train.num_threads=1",
     "eval.num_iter=2", "eval.diffusion_steps=2", "eval.batch_size=4",
@@ -212,3 +212,26 @@ def test_sample_cli(ds, tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
     r = runner.invoke(app, ["sample", "--checkpoint", str(res.checkpoint), "--prompt", "x", "--size", "512"])
     assert r.exit_code == 2 and "512" in r.output
+
+
+def test_init_from_interpolates_position_embeddings(ds, tmp_path):
+    """The 256 → 512 px stage in miniature: 32 px (4×4 tokens) → 64 px (8×8 tokens)."""
+    from safetensors.torch import load_file
+
+    from lightgen.model.mar import build_model
+
+    src = train(cfg_with("train.iterations=1"), ds, tmp_path / "src", count_flops=False).checkpoint
+    cfg64 = cfg_with("data.resolution=64", f"train.init_from={src}", "train.iterations=1")
+    model = build_model(cfg64, vocab=ds.vocabulary())
+    ckpt.init_weights_from(model, src, cfg64)
+    ema = load_file(str(src / "ema.safetensors"))
+    assert model.encoder_pos.shape == (1, 2 + 64, 32) and model.diffusion_pos.shape == (1, 64, 32)
+    assert torch.equal(model.encoder_pos[:, :2], ema["encoder_pos"][:, :2])  # buffer positions kept
+    assert torch.equal(model.head.out.weight, ema["head.out.weight"])
+    # a smooth upsampling: the mean of the grid embeddings is about preserved
+    assert torch.allclose(model.diffusion_pos.mean(1), ema["diffusion_pos"].mean(1), atol=0.02)
+    res = train(cfg64, SquaresDataset(8, resolution=64), tmp_path / "ft", count_flops=False)
+    assert res.step == 1 and np.isfinite(res.loss_history[-1][1])
+    with pytest.raises(UserError, match="incompatible architecture"):
+        ckpt.init_weights_from(build_model(cfg_with("model.width=64"), vocab=ds.vocabulary()), src,
+                               cfg_with("model.width=64"))

@@ -142,6 +142,10 @@ class LightGenMAR(nn.Module):
         self.tokenizer = tokenizer
         self.seq_len, self.token_dim, self.width = tokenizer.seq_len, tokenizer.token_dim, w
         self.buffer_size = arch["buffer_size"]
+        if arch["head_width"] < self.token_dim:
+            # the head must carry x_t through its width to predict ε: a narrower MLP cannot (loss floor)
+            raise ValueError(f"model.head_width={arch['head_width']} is smaller than the token dim "
+                             f"{self.token_dim} (patch_size² × channels); widen the head or use smaller patches")
         self.diffusion_batch_mul = mcfg.diffusion_batch_mul
 
         # text: encoder (possibly frozen / absent) → aligner; a learned null sequence for CFG

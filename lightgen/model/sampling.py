@@ -26,9 +26,13 @@ from diffusers import DDIMScheduler
 
 
 def _scheduler(model: Any, steps: int) -> DDIMScheduler:
+    # With the cosine schedule ᾱ(999) ≈ 0, so x̂₀ = (x − √(1−ᾱ)ε̂)/√ᾱ amplifies any ε error at the first
+    # steps; bounded token spaces (pixels in [-1, 1]) clip x̂₀ to their range, as pixel-space DDPMs do.
+    clip = getattr(model.tokenizer, "clip_range", None)
     sched = DDIMScheduler(
         num_train_timesteps=model.noise_scheduler.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
+        prediction_type="epsilon", clip_sample=clip is not None, clip_sample_range=clip or 1.0,
+        set_alpha_to_one=True, timestep_spacing="trailing",
     )
     sched.set_timesteps(steps)
     return sched

@@ -220,3 +220,37 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", device: str | tor
         model.to(device)
     model.eval()
     return model, cfg
+
+
+def interpolate_grid(pos: torch.Tensor, n_extra: int, new_grid: int) -> torch.Tensor:
+    """Resize a [1, n_extra + g², W] position embedding to ``new_grid``² grid tokens (bicubic)."""
+    extra, grid = pos[:, :n_extra], pos[:, n_extra:]
+    g = int(round(grid.shape[1] ** 0.5))
+    if g == new_grid:
+        return pos
+    w = grid.shape[-1]
+    img = grid.reshape(1, g, g, w).permute(0, 3, 1, 2).float()
+    img = torch.nn.functional.interpolate(img, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return torch.cat([extra, img.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, w).to(pos.dtype)], dim=1)
+
+
+def init_weights_from(model: torch.nn.Module, path: str | Path, cfg: ExperimentConfig, *, weights: str = "ema") -> Path:
+    """Load a checkpoint's weights into a freshly built ``model`` for a new run (e.g. 256 → 512 px).
+
+    The architecture must match except ``data.resolution`` (and the tokenizer grid it implies): position
+    embeddings are interpolated to the new grid. Returns the checkpoint folder used.
+    """
+    cp = resolve_checkpoint(path)
+    src_cfg = load_config(read_yaml(cp / "config.yaml"))
+    diff = [d for d in incompatible_keys(src_cfg, cfg) if not d.startswith("data.resolution")]
+    if diff:
+        raise UserError(f"train.init_from: {cp} has an incompatible architecture:\n  " + "\n  ".join(diff))
+    tensors = load_file(str(cp / "model.safetensors"))
+    if weights == "ema":
+        tensors.update(load_file(str(cp / "ema.safetensors")))
+    nb, grid = model.buffer_size, model.tokenizer.grid
+    for key, extra in (("encoder_pos", nb), ("decoder_pos", nb), ("diffusion_pos", 0)):
+        if key in tensors:
+            tensors[key] = interpolate_grid(tensors[key], extra, grid)
+    load_state_into(model, tensors, cp)
+    return cp

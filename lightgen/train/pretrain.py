@@ -230,7 +230,12 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         vocab = state.get("vocab")
     else:
         vocab = dataset_vocabulary(dataset) if cfg.model.text_encoder == "toy" else None
-    model = build_model(cfg, vocab=vocab).to(device)
+    if resume_from is None and tc.init_from:
+        vocab = ckpt.read_state(ckpt.resolve_checkpoint(tc.init_from)).get("vocab") or vocab
+    model = build_model(cfg, vocab=vocab)
+    if resume_from is None and tc.init_from:
+        ckpt.init_weights_from(model, tc.init_from, cfg)
+    model.to(device)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0)
