@@ -85,6 +85,8 @@ class WorldConfig(_Section):
     caption_file: str | None = Field(None, description="captions .txt/.csv/.jsonl (real world)")
     teacher_steps: int = Field(25, ge=1)
     teacher_guidance: float = Field(7.5, ge=0.0)
+    teacher_batch_size: int = Field(8, ge=1, description="captions per teacher call (real world)")
+    teacher_device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1' …")
 
 
 class DataConfig(_Section):
@@ -103,6 +105,11 @@ class DataConfig(_Section):
     diversity_subsample: int = Field(2000, ge=10, description="fixed subsample for diversity metrics")
     cache_dir: str | None = Field(None, description="default: <root>/datasets")
     num_workers: int = Field(0, ge=0)
+    cache_dtype: Literal["bf16", "fp16"] = Field("bf16", description="real world: latent/text cache dtype")
+    keep_images: bool | None = Field(
+        None, description="real world: also store teacher images (None = only when no model.vae is set)")
+    n_clusters: int | None = Field(
+        None, ge=1, description="real world: k-means clusters for caption selection (None = sqrt of captions)")
     auto_max_gib: float = Field(
         4.0, ge=0.0, description="storage=auto stores toy image shards up to this many GiB, else streams")
 

@@ -199,3 +199,10 @@ def test_storage_auto_rule(tmp_path):
     rec = ds.records(np.arange(10))
     assert np.array_equal(b["images"], ref.render([r["spec"] for r in rec], 32, [r["seed"] for r in rec]))
     assert os.path.getsize(ds.path / "shard-00000.safetensors") < 64 * 32 * 32 * 3  # no images stored
+
+
+def test_parallel_build_equals_serial(tmp_path):
+    serial = get_dataset(_cfg(tmp_path / "s", "data.scale=200k"))
+    par = get_dataset(_cfg(tmp_path / "p", "data.scale=200k", "data.num_workers=2"))
+    assert [e["sha256"] for e in par.manifest["shards"]] == [e["sha256"] for e in serial.manifest["shards"]]
+    assert par.manifest["counts"] == serial.manifest["counts"]

@@ -9,6 +9,7 @@ so an interrupted build resumes after the last *listed* shard and nothing half-w
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,12 +32,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_shard(path: Path, tensors: dict[str, np.ndarray], records: list[dict]) -> dict[str, Any]:
-    """Write one shard atomically; returns its manifest entry (file, count, bytes, sha256)."""
-    from safetensors.numpy import save
+def write_shard(path: Path, tensors: dict[str, Any], records: list[dict]) -> dict[str, Any]:
+    """Write one shard atomically; returns its manifest entry (file, count, bytes, sha256).
 
+    ``tensors`` are numpy arrays, or torch tensors (needed for bf16, which numpy lacks).
+    """
     meta = {"records": json.dumps(records, separators=(",", ":"))}
-    blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+    if any(type(v).__module__.startswith("torch") for v in tensors.values()):
+        import torch
+        from safetensors.torch import save as save_pt
+
+        blob = save_pt({k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))).contiguous()
+                        for k, v in tensors.items()}, metadata=meta)
+    else:
+        from safetensors.numpy import save
+
+        blob = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
     write_atomic(path, blob)
     return {"file": path.name, "count": len(records), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
@@ -105,12 +116,26 @@ class ShardReader:
             del h
         return self._maps[mk][rows]
 
+    def tensor_torch(self, entry: dict, key: str, rows: np.ndarray) -> Any:
+        """Rows as a float32 torch tensor (bf16/fp16 shards are widened on read)."""
+        import torch
+
+        arr = np.ascontiguousarray(self.tensor(entry, key, rows))
+        dtype = self.dtype(entry, key)
+        t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16) if dtype == "BF16" else torch.from_numpy(arr)
+        return t.float() if t.is_floating_point() else t
+
+    def dtype(self, entry: dict, key: str) -> str:
+        with open(self._check(entry), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            return json.loads(f.read(n))[key]["dtype"]
+
     def keys(self, entry: dict) -> list[str]:
         return list(self._open(entry).keys())
 
 
 _DTYPES = {"U8": np.uint8, "I8": np.int8, "I64": np.int64, "I32": np.int32, "F32": np.float32,
-           "F16": np.float16, "BOOL": np.bool_}
+           "F16": np.float16, "BOOL": np.bool_, "BF16": np.uint16}  # bf16: raw bits, viewed in torch
 
 
 def _memmap_tensor(path: Path, key: str) -> np.ndarray:
@@ -150,3 +175,22 @@ def cleanup_temp(folder: Path) -> None:
                 os.unlink(p)
             except OSError:
                 pass
+
+
+@contextlib.contextmanager
+def build_lock(folder: Path):
+    """Exclusive lock on a dataset folder while building, so parallel sweep workers asking for the same
+    dataset build it once (the others wait, then find it complete).  A read-only cache is not locked."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -184,47 +184,83 @@ def _build(cfg: Any, world: ToyWorld, gen: CaptionGenerator, folder: Path, ident
         manifest = {"key": key, "identity": identity, "config": cfg.model_dump(mode="json"),
                     "count": 0, "shards": [], "counts": {}}
     ss = identity["shard_size"]
-    res = identity["resolution"]
     # A partial last shard is rebuilt whole: items are deterministic, so the prefix is identical.
     if manifest["shards"] and manifest["shards"][-1]["count"] < ss and manifest["count"] < size:
         last = manifest["shards"].pop()
         manifest["count"] = last["start"]
     if manifest["count"] >= size:
         return manifest
-    target = size
-    bar = _progress(progress, target, manifest["count"], key)
+    ss = identity["shard_size"]
+    starts = list(range(manifest["count"], size, ss))
+    jobs = [(start, min(ss, size - start)) for start in starts]
+    bar = _progress(progress, size, manifest["count"], key)
+    workers = min(int(cfg.data.num_workers), len(jobs))
+    pool = None
     try:
-        while manifest["count"] < target:
-            start = manifest["count"]
-            n = min(ss, target - start)
-            recs, specs, seeds = [], [], []
-            for i in range(start, start + n):
-                spec, cap = gen.item(i)
-                seed = gen.render_seed(i)
-                recs.append({"caption": cap, "spec": spec, "seed": seed})
-                specs.append(spec)
-                seeds.append(seed)
-            tensors = {}
-            if identity["storage"] == "shards":
-                tensors["images"] = world.render(specs, res, seeds)
-            else:
-                tensors["index"] = np.arange(start, start + n, dtype=np.int64)
-            entry = store.write_shard(folder / f"shard-{start // ss:05d}.safetensors", tensors, recs)
-            entry["start"] = start
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the parent may hold torch/BLAS threads that fork would copy mid-flight
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                       initargs=(cfg.world.model_dump(), gen.knobs, gen.seed))
+            results = pool.map(_worker_shard, [(str(folder), identity, st, n) for st, n in jobs])
+        else:
+            results = (_make_shard(world, gen, folder, identity, st, n) for st, n in jobs)
+        for entry, tags in results:  # in stream order: the manifest always lists a contiguous prefix
             manifest["shards"].append(entry)
-            manifest["count"] = start + n
+            manifest["count"] = entry["start"] + entry["count"]
             tag_counts = manifest.setdefault("counts", {})
-            for s in specs:
-                tag_counts[s["tag"]] = tag_counts.get(s["tag"], 0) + 1
+            for t, c in tags.items():
+                tag_counts[t] = tag_counts.get(t, 0) + c
             store.write_manifest(folder, manifest)
             if bar is not None:
                 bar[0].update(bar[1], completed=manifest["count"])
             if on_shard is not None:
                 on_shard(manifest)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar[0].stop()
     return manifest
+
+
+def _make_shard(world: ToyWorld, gen: CaptionGenerator, folder: Path, identity: dict, start: int,
+                n: int) -> tuple[dict, dict]:
+    """Generate, render and write the shard of stream items ``start … start+n-1``."""
+    recs, specs, seeds = [], [], []
+    for i in range(start, start + n):
+        spec, cap = gen.item(i)
+        seed = gen.render_seed(i)
+        recs.append({"caption": cap, "spec": spec, "seed": seed})
+        specs.append(spec)
+        seeds.append(seed)
+    if identity["storage"] == "shards":
+        tensors = {"images": world.render(specs, identity["resolution"], seeds)}
+    else:
+        tensors = {"index": np.arange(start, start + n, dtype=np.int64)}
+    entry = store.write_shard(folder / f"shard-{start // identity['shard_size']:05d}.safetensors", tensors, recs)
+    entry["start"] = start
+    tags: dict[str, int] = {}
+    for sp in specs:
+        tags[sp["tag"]] = tags.get(sp["tag"], 0) + 1
+    return entry, tags
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(world_cfg: dict, knobs: Knobs, seed: int) -> None:
+    from lightgen.config import WorldConfig
+
+    world = ToyWorld(WorldConfig(**world_cfg))
+    _WORKER["world"], _WORKER["gen"] = world, CaptionGenerator(world, knobs, seed)
+
+
+def _worker_shard(job: tuple[str, dict, int, int]) -> tuple[dict, dict]:
+    folder, identity, start, n = job
+    return _make_shard(_WORKER["world"], _WORKER["gen"], Path(folder), identity, start, n)
 
 
 def _progress(enabled: bool, total: int, done: int, key: str) -> Any:
@@ -252,5 +288,7 @@ def get_toy_dataset(cfg: Any, progress: bool = False, on_shard: Any = None) -> T
     key = stream_key(identity)
     folder = cache_root(cfg) / key
     size = cfg.data.actual_size
-    manifest = _build(cfg, world, gen, folder, identity, key, size, progress, on_shard)
+    folder.mkdir(parents=True, exist_ok=True)
+    with store.build_lock(folder):
+        manifest = _build(cfg, world, gen, folder, identity, key, size, progress, on_shard)
     return ToyDataset(cfg, world, gen, folder, manifest, size)

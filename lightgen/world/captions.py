@@ -38,7 +38,9 @@ Invariants at every knob setting:
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -95,7 +97,7 @@ class Knobs:
         return cls(float(cov), float(var), float(den))
 
 
-def _balanced_order(rows: list[Any], cols: list[Any], rng: np.random.Generator) -> list[tuple[Any, Any]]:
+def _balanced_order(rows: list[Any], cols: list[Any], rng: random.Random) -> list[tuple[Any, Any]]:
     """All (row, col) pairs ordered diagonal by diagonal of a seeded Latin square.
 
     Any prefix made of whole diagonals gives every row the same number of columns and every column
@@ -109,7 +111,7 @@ def _balanced_order(rows: list[Any], cols: list[Any], rng: np.random.Generator) 
     return out
 
 
-def _balanced_triples(classes: list[str], relations: list[str], rng: np.random.Generator) -> list[tuple]:
+def _balanced_triples(classes: list[str], relations: list[str], rng: random.Random) -> list[tuple]:
     """All (a, relation, b) triples in rounds: each round gives every class one triple as subject."""
     pools = {a: [(a, r, b) for r in relations for b in classes if b != a] for a in classes}
     for a in classes:
@@ -120,6 +122,12 @@ def _balanced_triples(classes: list[str], relations: list[str], rng: np.random.G
             if k < len(pools[classes[i]]):
                 out.append(pools[classes[i]][k])
     return out
+
+
+def _item_seed(seed: int, i: int, salt: int) -> int:
+    """A 63-bit seed for stream item ``i``: a hash, so neighbouring items get unrelated streams."""
+    h = hashlib.blake2b(f"{seed}:{int(i)}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
 
 
 class CaptionGenerator:
@@ -180,14 +188,14 @@ class CaptionGenerator:
         self.n_allowed = len(self.color_pairs) + len(self.count_pairs) + len(self.relation_triples)
 
     # ---- specs -----------------------------------------------------------------------------
-    def _spec(self, rng: np.random.Generator) -> dict:
+    def _spec(self, rng: random.Random) -> dict:
         w, den = self.world, self.knobs.density
-        task = self.tasks[int(rng.integers(len(self.tasks)))]
-        pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+        task = self.tasks[rng.randrange(len(self.tasks))]
+        pick = lambda seq: seq[rng.randrange(len(seq))]  # noqa: E731
         if task == "single_object":
             inc = [{"class": pick(w.classes), "count": 1}]
         elif task == "two_object":
-            a, b = rng.choice(len(w.classes), 2, replace=False)
+            a, b = rng.sample(range(len(w.classes)), 2)
             inc = [{"class": w.classes[a], "count": 1}, {"class": w.classes[b], "count": 1}]
             if w.relations and rng.random() < den / 2 and (w.classes[b], w.classes[a]) in self.rel_of:
                 inc[1]["position"] = [pick(self.rel_of[(w.classes[b], w.classes[a])]), 0]
@@ -218,18 +226,18 @@ class CaptionGenerator:
         return spec
 
     # ---- captions --------------------------------------------------------------------------
-    def _noun(self, cls: str, plural: bool, rng: np.random.Generator) -> str:
+    def _noun(self, cls: str, plural: bool, rng: random.Random) -> str:
         if cls in CLASS_SYNONYMS and rng.random() < self.p_synonym:
             return CLASS_SYNONYMS[cls][int(plural)]
         return PLURALS[cls] if plural else cls
 
-    def _np(self, cl: dict, rng: np.random.Generator | None) -> str:
+    def _np(self, cl: dict, rng: random.Random | None) -> str:
         """Noun phrase of a clause: "a red circle", "three stars", "a circle that is red"."""
         n, col = int(cl.get("count", 1)), cl.get("color")
         noun = self._noun(cl["class"], n > 1, rng) if rng is not None else (PLURALS[cl["class"]] if n > 1 else cl["class"])
         post = False
         if col is not None and rng is not None and self.n_para(3) > 1:
-            post = int(rng.integers(self.n_para(3))) > 0
+            post = rng.randrange(self.n_para(3)) > 0
         if col is not None and not post:
             head = f"{col} {noun}"
         else:
@@ -239,10 +247,10 @@ class CaptionGenerator:
         else:
             phrase = ("an " if head[0] in "aeiou" else "a ") + head
         if col is not None and post:
-            phrase += f" that {'is' if n == 1 else 'are'} {col}" if int(rng.integers(2)) == 0 else f" colored {col}"
+            phrase += f" that {'is' if n == 1 else 'are'} {col}" if rng.randrange(2) == 0 else f" colored {col}"
         return phrase
 
-    def _scene(self, spec: dict, rng: np.random.Generator | None) -> str:
+    def _scene(self, spec: dict, rng: random.Random | None) -> str:
         inc = spec["include"]
         if len(inc) == 1:
             return self._np(inc[0], rng)
@@ -251,27 +259,27 @@ class CaptionGenerator:
         if a.get("position"):
             rel = a["position"][0]
             opts = REL_PARAPHRASES[rel]
-            form = opts[0] if rng is None else opts[int(rng.integers(self.n_para(len(opts))))]
+            form = opts[0] if rng is None else opts[rng.randrange(self.n_para(len(opts)))]
             return form.format(a=pa, b=pb)
-        form = "{b} and {a}" if rng is None else AND_PARAPHRASES[int(rng.integers(self.n_para(len(AND_PARAPHRASES))))]
+        form = "{b} and {a}" if rng is None else AND_PARAPHRASES[rng.randrange(self.n_para(len(AND_PARAPHRASES)))]
         return form.format(a=pa, b=pb)
 
     def geneval_prompt(self, spec: dict) -> str:
         """GenEval's literal phrasing of a spec ("a photo of a red circle left of a star")."""
         return "a photo of " + self._scene(spec, None)
 
-    def caption(self, spec: dict, rng: np.random.Generator) -> str:
+    def caption(self, spec: dict, rng: random.Random) -> str:
         if rng.random() < GENEVAL_SHARE:
             return self.geneval_prompt(spec)
         s = self._scene(spec, rng)
-        t = TEMPLATES[int(rng.integers(self.n_templates))]
+        t = TEMPLATES[rng.randrange(self.n_templates)]
         plural = sum(int(c.get("count", 1)) for c in spec["include"]) > 1
         return t.format(s=s, be="are" if plural else "is")
 
     # ---- stream ----------------------------------------------------------------------------
     def item(self, i: int) -> tuple[dict, str]:
         """The i-th (spec, caption) of the stream; its spec carries the caption as ``prompt``."""
-        rng = np.random.default_rng([self.seed, int(i), 0x5EED])
+        rng = random.Random(_item_seed(self.seed, i, 0x5EED))
         for _ in range(100):
             spec = self._spec(rng)
             if not self.world.is_heldout(spec):
@@ -284,7 +292,7 @@ class CaptionGenerator:
 
     def render_seed(self, i: int) -> int:
         """The teacher's seed for stream item i (independent of the caption knobs)."""
-        return int(np.random.default_rng([self.seed, int(i), 0xA11CE]).integers(2**63 - 1))
+        return _item_seed(self.seed, i, 0xA11CE)
 
     def stream(self, n: int, start: int = 0) -> Iterator[tuple[dict, str]]:
         for i in range(start, start + n):

@@ -130,34 +130,44 @@ def _shape(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def silhouette(name: str, size: int, rot: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Anti-aliased alpha mask (float32 [size, size]) of a class at a rotation level, plus the
-    tight box ``(x0, y0, x1, y1)`` (exclusive) of pixels with alpha ≥ 0.5 inside the stamp.
-
-    Cached for the process: the same (class, size, rotation) is rasterised once, which is what
-    makes rendering millions of images cheap.
-    """
+def _silhouettes(name: str, size: int) -> tuple[tuple[np.ndarray, tuple[int, int, int, int]], ...]:
+    """All rotation levels of one class at one pixel size, rasterised in one vectorised call."""
     ss = 4
     n = size * ss
     c = (np.arange(n, dtype=np.float64) + 0.5) / n * 2.0 - 1.0
     xx, yy = np.meshgrid(c, -c)  # y up
-    ang = math.radians(-MAX_ROTATION_DEG + 2 * MAX_ROTATION_DEG * rot / max(1, N_ROTATIONS - 1))
-    ca, sa = math.cos(ang), math.sin(ang)
-    xr, yr = ca * xx + sa * yy, -sa * xx + ca * yy  # rotate the grid = rotate the shape by -ang
+    angles = np.radians(-MAX_ROTATION_DEG + 2 * MAX_ROTATION_DEG * np.arange(N_ROTATIONS) / max(1, N_ROTATIONS - 1))
+    ca, sa = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
+    xr, yr = ca * xx + sa * yy, -sa * xx + ca * yy  # rotate the grid = rotate the shape by -angle
     inside = _shape(name, xr, yr).astype(np.float32)
-    cover = inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
-    # Sharpened edges: pixels ≥ 75 % covered are fully opaque, so even tiny or thin objects show at
-    # least one pixel of their exact palette colour (what a colour classifier looks at).
-    alpha = np.clip(2.0 * (cover - 0.5) + 0.5, 0.0, 1.0).astype(np.float32)
-    if size < 12:  # tiny stamps: hard edges, otherwise thin shapes (ring, frame) have no pure pixel
-        alpha = (cover >= 0.4).astype(np.float32)
-    ys, xs = np.nonzero(alpha >= 0.5)
-    if len(xs) == 0:  # degenerate tiny stamp: fall back to its centre pixel
-        h = size // 2
-        alpha[h, h] = 1.0
-        ys, xs = np.array([h]), np.array([h])
-    alpha.setflags(write=False)
-    return alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    cover = inside.reshape(N_ROTATIONS, size, ss, size, ss).mean(axis=(2, 4))
+    out = []
+    for k in range(N_ROTATIONS):
+        # Sharpened edges: pixels ≥ 75 % covered are fully opaque, so even small objects show their
+        # exact palette colour; tiny stamps get hard edges (thin shapes would have no pure pixel).
+        if size < 12:
+            alpha = (cover[k] >= 0.4).astype(np.float32)
+        else:
+            alpha = np.clip(2.0 * (cover[k] - 0.5) + 0.5, 0.0, 1.0).astype(np.float32)
+        ys, xs = np.nonzero(alpha >= 0.5)
+        if len(xs) == 0:  # degenerate tiny stamp: fall back to its centre pixel
+            h = size // 2
+            alpha[h, h] = 1.0
+            ys, xs = np.array([h]), np.array([h])
+        alpha = np.ascontiguousarray(alpha[..., None])  # [s, s, 1]: broadcasts over RGB when stamping
+        alpha.setflags(write=False)
+        out.append((alpha, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+    return tuple(out)
+
+
+def silhouette(name: str, size: int, rot: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Anti-aliased alpha mask (float32 ``[size, size, 1]``) of a class at a rotation level, plus the
+    tight box ``(x0, y0, x1, y1)`` (exclusive) of pixels with alpha ≥ 0.5 inside the stamp.
+
+    Cached for the process: each (class, size) is rasterised once, which is what makes rendering
+    millions of images cheap.
+    """
+    return _silhouettes(name, size)[rot]
 
 
 def relation_holds(box_a: Sequence[float], box_b: Sequence[float], relation: str,
@@ -395,7 +405,7 @@ class ToyWorld:
         for cls, col, x0, y0, s, rot in objs:
             alpha, (bx0, by0, bx1, by1) = silhouette(cls, s, rot)
             region = canvas[y0 : y0 + s, x0 : x0 + s]
-            region += alpha[..., None] * (self._colors_np[col] - region)
+            region += alpha * (self._colors_np[col] - region)
             out.append({"class": cls, "color": col, "box": [x0 + bx0, y0 + by0, x0 + bx1, y0 + by1]})
         return out
 
