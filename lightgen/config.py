@@ -247,6 +247,9 @@ class EvalConfig(_Section):
     segmenter: str | None = Field(None, description="Mask2Former path/hub id (real detector)")
     clip: str | None = Field(None, description="CLIP path/hub id (real detector)")
     bootstrap: int = Field(1000, ge=0)
+    detector_train_images: int = Field(
+        2400, ge=50, le=100_000, description="teacher renders the toy detector's classifier is trained on"
+    )
     checkpoints: list[float] = Field(default_factory=lambda: [1.0], description="fractions of training")
     enabled: bool = True
 

@@ -52,7 +52,7 @@ def prompts(
 @app.command("sample")
 @user_errors
 def sample(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder (model.safetensors + config.yaml)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder (or a run folder: its newest checkpoint)."),
     out: Path = typer.Option(..., "--out", help="Output folder in GenEval's layout."),
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset/YAML (default: the checkpoint's config)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
@@ -60,30 +60,41 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
 ) -> None:
     """Sample images for the configured prompt set in GenEval's folder layout."""
-    try:
-        from lightgen.model import load_checkpoint, sample_images  # type: ignore[attr-defined]
-    except ImportError as e:
-        raise UserError(f"sampling needs lightgen.model (load_checkpoint/sample_images), not available: {e}") from None
+    load_checkpoint, sample_images = _model_api()
     from lightgen.config import load_config
     from lightgen.geneval.evaluate import prompt_set as get_prompts
     from lightgen.geneval.evaluate import sample_to_folder
     from lightgen.geneval.prompts import write_prompt_files
 
-    if not checkpoint.is_dir():
-        raise UserError(f"checkpoint folder not found: {checkpoint}")
+    if not checkpoint.exists():
+        raise UserError(f"checkpoint not found: {checkpoint}")
     model, ckpt_cfg = load_checkpoint(checkpoint)
     cfg = config_from_cli(config, sets) if config else load_config(ckpt_cfg.model_dump(mode="json"), sets or [])
     n = images_per_prompt or cfg.eval.images_per_prompt
     metas = get_prompts(cfg, _world(cfg))
 
     def sampler(prompts: list[str], seeds: list[int]):
-        import numpy as np
-
-        return np.concatenate([sample_images(model, [p], cfg.eval, seed=s) for p, s in zip(prompts, seeds)])
+        return sample_images(model, prompts, cfg.eval, seeds=seeds)
 
     sample_to_folder(sampler, metas, out, n, seed, cfg.eval.batch_size)
     write_prompt_files(metas, out)
     echo(f"wrote {len(metas)} prompts x {n} images to {out}")
+
+
+def _model_api() -> tuple[Any, Any]:
+    """(load_checkpoint, sample_images) from the model/train packages, guarded: they may be absent."""
+    try:
+        from lightgen.model import sample_images  # type: ignore[attr-defined]
+    except ImportError as e:
+        raise UserError(f"sampling needs lightgen.model.sample_images, not available here: {e}") from None
+    try:
+        from lightgen.model import load_checkpoint  # type: ignore[attr-defined]
+    except ImportError:
+        try:
+            from lightgen.train.checkpoint import load_checkpoint  # type: ignore[no-redef]
+        except ImportError as e:
+            raise UserError(f"sampling needs load_checkpoint (lightgen.model / lightgen.train.checkpoint): {e}") from None
+    return load_checkpoint, sample_images
 
 
 @app.command("evaluate")

@@ -28,9 +28,11 @@ from lightgen.utils import write_atomic
 Sampler = Callable[[list[str], list[int]], np.ndarray]
 
 
-def evaluate_image(image: np.ndarray, metadata: dict[str, Any], detector: Any, filename: str = "") -> dict[str, Any]:
-    """One results.jsonl row in the official format for one image."""
-    raw = detector.detect(np.asarray(image))
+def evaluate_image(image: np.ndarray, metadata: dict[str, Any], detector: Any, filename: str = "",
+                   raw: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """One results.jsonl row in the official format for one image (``raw``: precomputed detections)."""
+    if raw is None:
+        raw = detector.detect(np.asarray(image))
     dets = filter_detections(raw, metadata["tag"])
     color_fn = None
     if hasattr(detector, "classify_colors"):
@@ -50,23 +52,33 @@ def evaluate_image(image: np.ndarray, metadata: dict[str, Any], detector: Any, f
 
 
 def evaluate_images(
-    images_per_prompt: Sequence[np.ndarray],
+    images_per_prompt: Sequence[Any],
     metadata: Sequence[dict[str, Any]],
     detector: Any,
     filenames: Sequence[Sequence[str]] | None = None,
+    batch_size: int = 256,
 ) -> list[dict[str, Any]]:
-    """Score ``images_per_prompt[i]`` (uint8 [n_i,H,W,3]) against ``metadata[i]``; one row per image.
+    """Score ``images_per_prompt[i]`` (uint8 [n_i,H,W,3] or a list of images) against ``metadata[i]``.
 
-    Default filenames follow the official layout (``00000/samples/0000.png``) so rows from in-memory
-    evaluation and from a folder look alike.
+    One row per image. Default filenames follow the official layout (``00000/samples/0000.png``) so
+    rows from in-memory evaluation and from a folder look alike. Detectors with ``detect_batch`` get
+    ``batch_size`` images per call.
     """
     if len(images_per_prompt) != len(metadata):
         raise ValueError(f"{len(images_per_prompt)} image groups for {len(metadata)} prompts")
-    rows = []
+    jobs = []
     for i, (imgs, meta) in enumerate(zip(images_per_prompt, metadata)):
-        for j, img in enumerate(np.asarray(imgs)):
+        for j, img in enumerate(imgs):
             name = filenames[i][j] if filenames is not None else f"{i:05d}/samples/{j:04d}.png"
-            rows.append(evaluate_image(img, meta, detector, name))
+            jobs.append((np.asarray(img), meta, name))
+    rows = []
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        if hasattr(detector, "detect_batch"):
+            raws = detector.detect_batch([img for img, _, _ in chunk])
+        else:
+            raws = [None] * len(chunk)
+        rows.extend(evaluate_image(img, meta, detector, name, raw) for (img, meta, name), raw in zip(chunk, raws))
     return rows
 
 
@@ -161,11 +173,8 @@ def load_image(path: str | Path) -> np.ndarray:
 def evaluate_folder(folder: str | Path, detector: Any) -> list[dict[str, Any]]:
     """Score every image of an official-layout folder; filenames are the image paths."""
     metas, paths = read_folder(folder)
-    rows = []
-    for meta, group in zip(metas, paths):
-        for p in group:
-            rows.append(evaluate_image(load_image(p), meta, detector, p))
-    return rows
+    groups = [[load_image(p) for p in group] for group in paths]
+    return evaluate_images(groups, metas, detector, filenames=paths)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,7 +202,8 @@ def make_detector(cfg: Any, world: Any = None) -> Any:
             raise UserError("eval.detector=toy needs the toy world (world.kind=toy)")
         from lightgen.geneval.toy_detector import ToyDetector
 
-        return ToyDetector(world, cache_dir=Path(cfg.tracking.root) / "geneval")
+        return ToyDetector(world, cache_dir=Path(cfg.tracking.root) / "geneval",
+                           n_train=cfg.eval.detector_train_images)
     from lightgen.geneval.real_detector import RealDetector
 
     if not cfg.eval.segmenter or not cfg.eval.clip:

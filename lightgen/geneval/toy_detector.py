@@ -188,23 +188,39 @@ class ToyDetector:
     # ---- detection -----------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> dict[str, list[dict[str, Any]]]:
         """Raw GenEval detections (unfiltered): one per non-junk component, score = class probability."""
-        image = np.asarray(image)
-        comps = self.components(image)
-        if not comps:
-            return {}
-        clf, names = self.classifier(int(image.shape[0]))
-        proba = clf.predict_proba(np.stack([self.features(c["mask"]) for c in comps]))
-        out: dict[str, list[dict[str, Any]]] = {}
-        for comp, p in zip(comps, proba):
-            k = int(np.argmax(p))
-            name = names[int(clf.classes_[k])]
-            if name == JUNK:
-                continue
-            out.setdefault(name, []).append({"box": [float(v) for v in comp["box"]], "score": float(p[k]),
-                                             "color": comp["color"]})
-        for objs in out.values():
-            objs.sort(key=lambda o: -o["score"])
-        return out
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Any) -> list[dict[str, list[dict[str, Any]]]]:
+        """:meth:`detect` for many images with one classifier call (per-call overhead dominates kNN)."""
+        from threadpoolctl import threadpool_limits
+
+        images = [np.asarray(im) for im in images]
+        comps = [self.components(im) for im in images]
+        outs: list[dict[str, list[dict[str, Any]]]] = [{} for _ in images]
+        by_res: dict[int, list[int]] = {}
+        for i, im in enumerate(images):
+            if comps[i]:
+                by_res.setdefault(int(im.shape[0]), []).append(i)
+        for res, idxs in by_res.items():
+            clf, names = self.classifier(res)
+            feats = np.stack([self.features(c["mask"]) for i in idxs for c in comps[i]])
+            with threadpool_limits(1):  # the machine is shared; brute-force kNN is fast single-threaded
+                proba = clf.predict_proba(feats)
+            k = 0
+            for i in idxs:
+                for comp in comps[i]:
+                    p = proba[k]
+                    k += 1
+                    j = int(np.argmax(p))
+                    name = names[int(clf.classes_[j])]
+                    if name == JUNK:
+                        continue
+                    outs[i].setdefault(name, []).append(
+                        {"box": [float(v) for v in comp["box"]], "score": float(p[j]), "color": comp["color"]})
+        for out in outs:
+            for objs in out.values():
+                objs.sort(key=lambda o: -o["score"])
+        return outs
 
 
 def _iou(a: list[float], b: list[float]) -> float:

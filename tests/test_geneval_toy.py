@@ -1,0 +1,110 @@
+"""Toy GenEval: prompt set, exact detector on teacher renders, collapse on shuffled images, cache."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from lightgen.config import load_config
+from lightgen.geneval.evaluate import evaluate_images
+from lightgen.geneval.prompts import TASKS, toy_prompts
+from lightgen.geneval.summary import summarize
+from lightgen.geneval.toy_detector import ToyDetector
+from lightgen.world.toy import ToyWorld
+
+RES = 32  # the smoke preset's resolution: the hardest case (smallest objects)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return ToyWorld(load_config("smoke").world)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    # shared by every geneval test file of the session (tracking.root=<basetemp>/gvroot), so the
+    # classifier's training renders are made once per session
+    path = tmp_path_factory.getbasetemp() / "gvroot" / "geneval"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(world, cache):
+    det = ToyDetector(world, cache_dir=cache)
+    det.classifier(RES)
+    return det
+
+
+def test_toy_prompts_seeded_and_flagged(world):
+    a = toy_prompts(world, 8, seed=3)
+    assert a == toy_prompts(world, 8, seed=3)
+    assert a != toy_prompts(world, 8, seed=4)
+    tags = [s["tag"] for s in a]
+    assert [tags.count(t) for t in TASKS] == [8] * 6
+    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)
+    for s in a:
+        assert s["seen"] is (not world.is_heldout(s))
+        world.validate_spec(s)  # every prompt is renderable by the teacher
+        for cl in s["include"]:
+            assert cl["class"] in world.classes and cl.get("color", "red") in world.colors
+    examples = {s["prompt"] for s in toy_prompts(world, 40, seed=0)}
+    assert any(p.startswith("a photo of three ") for p in examples)
+    assert any(" left of a" in p for p in examples)
+    # over a larger set both seen and unseen prompts occur (held-out compositions exist)
+    flags = {s["seen"] for s in toy_prompts(world, 40, seed=0)}
+    assert flags == {True, False}
+
+
+def test_detector_boxes_and_colours_exact(world, detector):
+    spec = {"tag": "color_attr", "prompt": "", "include": [
+        {"class": "star", "count": 1, "color": "red"}, {"class": "circle", "count": 1, "color": "blue"}]}
+    for seed in range(5):
+        img, objs = world.render_with_objects(spec, RES, seed)
+        dets = detector.detect(img)
+        for o in objs:
+            found = dets[o["class"]][0]
+            assert found["color"] == o["color"] and found["score"] > 0.9
+            assert np.abs(np.subtract(found["box"], o["box"])).max() <= 1
+
+
+def _images(world, specs, n=2):
+    return [world.render([s] * n, RES, [100 + i * n + j for j in range(n)]) for i, s in enumerate(specs)]
+
+
+def test_teacher_renders_score_high_and_shuffled_collapse(world, detector):
+    specs = toy_prompts(world, 12, seed=0)
+    imgs = _images(world, specs)
+    s = summarize(evaluate_images(imgs, specs, detector), bootstrap=100, seed=0)
+    assert s["geneval/overall"] >= 0.97
+    assert s["geneval/overall_ci_low"] <= s["geneval/overall"] <= s["geneval/overall_ci_high"]
+    assert "geneval_seen/overall" in s
+    perm = np.random.default_rng(0).permutation(len(imgs))
+    shuffled = summarize(evaluate_images([imgs[p] for p in perm], specs, detector), bootstrap=0)
+    assert shuffled["geneval/overall"] < 0.35
+
+
+def test_no_detections_on_blank_and_few_on_noise(world, detector):
+    grey = np.full((RES, RES, 3), 128, np.uint8)
+    assert detector.detect(grey) == {}
+    rng = np.random.default_rng(0)
+    n_fp = 0
+    for _ in range(10):
+        noise = rng.integers(0, 256, size=(RES, RES, 3), dtype=np.uint8)
+        n_fp += sum(1 for objs in detector.detect(noise).values() for o in objs if o["score"] > 0.3)
+    assert n_fp <= 10  # at most one spurious confident object per pure-noise image on average
+
+
+def test_classifier_cache_is_plain_npz_and_reused(world, detector, cache):
+    files = list(cache.glob("toy_detector_*.npz"))
+    assert len(files) == 1
+    with np.load(files[0], allow_pickle=False) as z:  # raises if anything needed pickle
+        assert z["X"].shape[0] == z["y"].shape[0] > 1000
+    t = time.perf_counter()
+    again = ToyDetector(world, cache_dir=cache)
+    again.classifier(RES)
+    assert time.perf_counter() - t < 5.0  # refit from the cache, no re-rendering
+    img = world.render([{"tag": "t", "prompt": "", "include": [{"class": "ring", "count": 3}]}], RES, [5])[0]
+    assert again.detect(img) == detector.detect(img)
+    assert len(detector.detect(img)["ring"]) == 3
