@@ -71,7 +71,7 @@ def main() -> None:
         t1 = time.perf_counter()
         imgs = res.sampler(prompts, list(range(len(prompts))))
         sample_s = time.perf_counter() - t1
-    present, correct = colour_accuracy(imgs, [p.split()[3] for p in prompts], colours)
+    present, correct = colour_accuracy(imgs, [p.split()[4] for p in prompts], colours)
     write_atomic(args.out, image_grid_png(imgs, prompts, ncol=4))
     report = {
         "steps": steps, "batch": args.batch, "train_seconds": round(train_s, 1),

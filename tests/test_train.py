@@ -34,8 +34,14 @@ class Recorder:
     def __init__(self):
         self.rows: list[tuple[int, dict]] = []
 
+        self.images: list[str] = []
+
     def log_metrics(self, metrics, step=0):
         self.rows.append((step, dict(metrics)))
+
+    def log_image(self, image, artifact_file):
+        assert image.size[0] > 0
+        self.images.append(artifact_file)
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +164,10 @@ def test_metrics_compute_and_eval_hook(ds, tmp_path):
         imgs = sampler(["a photo of a green square on the top"] * 2, [0, 1])
         seen.append((step, imgs.shape))
 
-    cfg = cfg_with("train.iterations=4", "train.log_every=2", "eval.checkpoints=[0.5, 1.0]")
+    cfg = cfg_with("train.iterations=4", "train.log_every=2", "eval.checkpoints=[0.5, 1.0]", "train.sample_every=3")
     res = train(cfg, ds, tmp_path, tracker=rec, eval_hook=hook)
     assert seen == [(2, (2, 32, 32, 3)), (4, (2, 32, 32, 3))]
+    assert rec.images == ["samples/step-0000003.png"]
     steps = [s for s, m in rec.rows if "train/loss" in m]
     assert steps == [2, 4]
     last = [m for s, m in rec.rows if "train/loss" in m][-1]
@@ -235,3 +242,32 @@ def test_init_from_interpolates_position_embeddings(ds, tmp_path):
     with pytest.raises(UserError, match="incompatible architecture"):
         ckpt.init_weights_from(build_model(cfg_with("model.width=64"), vocab=ds.vocabulary()), src,
                                cfg_with("model.width=64"))
+
+
+def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.cli import app
+    from lightgen.model.mar import LightGenMAR
+    from lightgen.train import cli as train_cli
+
+    monkeypatch.setattr(train_cli, "_get_dataset", lambda cfg: ds)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [x for o in [*MICRO, "train.iterations=2", f"tracking.tracking_uri={uri}", f"tracking.root={tmp_path}",
+                        "tracking.experiment=t"] for x in ("--set", o)]
+    r = CliRunner().invoke(app, ["train", "smoke", *sets])
+    assert r.exit_code == 0, r.output
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {"train/loss", "compute/train_flops", "compute/samples_seen"} <= set(run.data.metrics)
+    assert run.data.params["model.width"] == "32"
+    assert "samples" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert list((tmp_path / "checkpoints").glob("*/seed0/step-0000002"))
+
+    monkeypatch.setattr(LightGenMAR, "forward_loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    r = CliRunner().invoke(app, ["train", "smoke", *sets, "--set", "model.width=64"])
+    assert r.exit_code == 1 and "non-finite" in r.output
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "FAILED"

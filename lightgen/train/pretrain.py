@@ -361,6 +361,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                 n_acc, t_log = 0, now
             if ckpt_now:
                 last_ckpt = save(done)
+            if tc.sample_every and done % tc.sample_every == 0 and tracker is not None and is_main:
+                _log_samples(tracker, sampler, dataset, done)
+                t_log = time.perf_counter()
             if done in eval_steps and eval_hook is not None:
                 eval_hook(done, sampler)
                 t_log = time.perf_counter()  # do not count evaluation as training time
@@ -374,6 +377,19 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
     if tracker is not None and is_main:
         tracker.log_metrics({k: v for k, v in final.items() if k.startswith("compute/")}, step=step)
     return TrainResult(step=step, checkpoint=last_ckpt, metrics=final, sampler=sampler, loss_history=losses)
+
+
+def _log_samples(tracker: Any, sampler: Callable, dataset: Any, step: int, n: int = 8) -> None:
+    """A grid of EMA samples for the first ``n`` captions of the dataset, as ``samples/step-XXXXXXX.png``."""
+    import io
+
+    from PIL import Image
+
+    from lightgen.utils import image_grid_png
+
+    captions = dataset.get_batch(np.arange(min(n, len(dataset))))["captions"]
+    images = sampler(captions, list(range(len(captions))))
+    tracker.log_image(Image.open(io.BytesIO(image_grid_png(images, captions))), f"samples/step-{step:07d}.png")
 
 
 def _compute(step: int, per_step: int, n: int, flops_per_sample: float, device_seconds: float) -> dict[str, float]:
