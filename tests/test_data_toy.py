@@ -90,7 +90,7 @@ def test_corrupt_or_truncated_shard_names_it(tmp_path):
 
 
 def _metrics(tmp_path, name, *sets):
-    cfg = _cfg(tmp_path / name, "data.scale=500k", "data.storage=stream", *sets)
+    cfg = _cfg(tmp_path / name, "data.scale=300k", "data.storage=stream", *sets)
     return get_dataset(cfg).diversity
 
 
@@ -181,6 +181,11 @@ def test_cli_build_and_show(tmp_path):
     res = runner.invoke(app, ["data", "show", "smoke", *args, "--out", str(out), "--n", "8"])
     assert res.exit_code == 0, res.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(app, ["data", "build", "smoke", *args, "--scale", "150k", "--diversity", "0.3",
+                              "--seed", "2", "--out", str(tmp_path / "cache"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "actual 150" in res.output and "caption_diversity=0.3" in res.output
+    assert len(list((tmp_path / "cache").iterdir())) == 1
     res = runner.invoke(app, ["data", "build", "smoke", "--set", "data.coverage=0"])
     assert res.exit_code == 2 and "data.coverage" in res.output
     res = runner.invoke(app, ["data", "show", "smoke", *args, "--out", str(tmp_path / "nope" / "g.png")])
@@ -206,3 +211,68 @@ def test_parallel_build_equals_serial(tmp_path):
     par = get_dataset(_cfg(tmp_path / "p", "data.scale=200k", "data.num_workers=2"))
     assert [e["sha256"] for e in par.manifest["shards"]] == [e["sha256"] for e in serial.manifest["shards"]]
     assert par.manifest["counts"] == serial.manifest["counts"]
+
+
+def test_sigkilled_build_resumes(tmp_path):
+    """A build process killed with SIGKILL right after its second shard resumes to the same dataset."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from lightgen.config import load_config\n"
+        "from lightgen.data import get_dataset\n"
+        f"cfg = load_config('smoke', ['tracking.root={tmp_path / 'k'}', 'data.shard_size=64', 'data.scale=300k'])\n"
+        "get_dataset(cfg, on_shard=lambda m: os.kill(os.getpid(), signal.SIGKILL) if m['count'] >= 128 else None)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = next((tmp_path / "k" / "datasets").iterdir())
+    assert json_count(folder) == 128
+    resumed = get_dataset(_cfg(tmp_path / "k", "data.scale=300k"))
+    fresh = get_dataset(_cfg(tmp_path / "f", "data.scale=300k"))
+    assert [e["sha256"] for e in resumed.manifest["shards"]] == [e["sha256"] for e in fresh.manifest["shards"]]
+
+
+def json_count(folder):
+    import json
+
+    return json.loads((folder / "manifest.json").read_text())["count"]
+
+
+def test_geneval_prompt_phrasing_matches_training_literal():
+    from lightgen.world.captions import geneval_prompt
+
+    assert geneval_prompt({"include": [{"class": "circle", "count": 1, "color": "red"}]}) == "a photo of a red circle"
+    assert geneval_prompt({"include": [{"class": "star", "count": 2}]}) == "a photo of two stars"
+    assert geneval_prompt({"include": [{"class": "arrow", "count": 1}, {"class": "ring", "count": 1}]}) == \
+        "a photo of an arrow and a ring"
+    assert geneval_prompt({"include": [{"class": "star", "count": 1},
+                                       {"class": "circle", "count": 1, "color": "orange",
+                                        "position": ["left of", 0]}]}) == "a photo of an orange circle left of a star"
+    world = ToyWorld(load_config("smoke").world)
+    gen = CaptionGenerator(world, Knobs(1.0, 1.0, 1.0), seed=0)
+    literal = [(s, c) for s, c in (gen.item(i) for i in range(300)) if c.startswith("a photo of ")]
+    assert literal and all(c == geneval_prompt(s) for s, c in literal)
+
+
+def test_log_dataset_sends_data_metrics(tmp_path):
+    from lightgen.data import log_dataset
+
+    class FakeTracker:
+        def __init__(self):
+            self.metrics, self.tags = {}, {}
+
+        def log_metrics(self, m, step=0):
+            self.metrics.update(m)
+
+        def set_tags(self, t):
+            self.tags.update(t)
+
+    ds = get_dataset(_cfg(tmp_path, "data.scale=100k"))
+    tr = FakeTracker()
+    out = log_dataset(tr, ds)
+    assert set(tr.metrics) == {f"data/{k}" for k in ds.diversity} and "data/vendi_caption" in out
+    assert tr.tags["lightgen.dataset"] == ds.manifest_hash

@@ -50,8 +50,8 @@ def _objects_match(world, spec, objs):
 
 def test_render_exact_counts_colours_no_overlap(world):
     rng = np.random.default_rng(0)
-    for res in (32, 64, 256):
-        for k in range(40):
+    for res in (32, 64, 160):
+        for k in range(25):
             a, b = rng.choice(world.classes, 2, replace=False)
             spec = {"tag": "color_attr", "include": [
                 {"class": str(a), "count": int(rng.integers(1, 6)), "color": "red"},

@@ -20,4 +20,16 @@ def get_dataset(cfg: Any, progress: bool = False, **kwargs: Any) -> Any:
     return get_real_dataset(cfg, progress=progress, **kwargs)
 
 
-__all__ = ["get_dataset"]
+def log_dataset(tracker: Any, ds: Any) -> dict[str, float]:
+    """Log a dataset's measured diversity (``data/…`` metrics) and identity tags to a Tracker; returns the metrics.
+
+    Call it wherever a dataset is used (training, DPO, sweeps) so the curves can be drawn against
+    measured rather than nominal diversity.
+    """
+    metrics = ds.metrics()
+    tracker.log_metrics(metrics, step=0)
+    tracker.set_tags({"lightgen.dataset": ds.manifest_hash, "lightgen.dataset_path": str(ds.path)})
+    return metrics
+
+
+__all__ = ["get_dataset", "log_dataset"]

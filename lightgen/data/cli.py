@@ -39,12 +39,20 @@ def _stats_table(ds: object, cfg: object) -> str:
 def build(
     config: str = typer.Argument(..., help="Preset name or YAML path."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+    world: Optional[str] = typer.Option(None, "--world", help="Shortcut for --set world.kind=toy|real."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Shortcut for --set data.scale=… (e.g. 200k)."),
+    diversity: Optional[float] = typer.Option(None, "--diversity", help="Shortcut for data.caption_diversity."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Shortcut for --set data.seed=…"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache folder (data.cache_dir); default <root>/datasets."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Build a dataset (world, scale, diversity, seed; cache under tracking.root/datasets) and print its stats."""
     from lightgen.data import get_dataset
 
-    cfg = config_from_cli(config, sets)
+    extra = [f"{k}={v}" for k, v in (("world.kind", world), ("data.scale", scale),
+                                      ("data.caption_diversity", diversity), ("data.seed", seed),
+                                      ("data.cache_dir", out)) if v is not None]
+    cfg = config_from_cli(config, [*(sets or []), *extra])
     ds = get_dataset(cfg, progress=progress)
     echo(_stats_table(ds, cfg))
 

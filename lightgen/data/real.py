@@ -286,6 +286,11 @@ def _file_digest(path: Path) -> str:
     return store.sha256_file(path)[:16]
 
 
+def _cluster_fraction(cfg: Any) -> float:
+    """Share of caption clusters used: ``data.coverage`` when set, else ``data.caption_diversity``."""
+    return float(cfg.data.coverage if cfg.data.coverage is not None else cfg.data.caption_diversity)
+
+
 def real_identity(cfg: Any) -> dict:
     if not cfg.world.caption_file:
         raise UserError("world.caption_file must be set for world.kind=real (a .txt/.csv/.jsonl of captions)")
@@ -300,7 +305,7 @@ def real_identity(cfg: Any) -> dict:
         "format": FORMAT_VERSION, "captions": _file_digest(cap), "teacher": cfg.world.teacher,
         "steps": cfg.world.teacher_steps, "guidance": cfg.world.teacher_guidance,
         "resolution": cfg.data.resolution, "seed": cfg.data.seed,
-        "diversity": cfg.data.caption_diversity, "n_clusters": cfg.data.n_clusters,
+        "diversity": _cluster_fraction(cfg), "n_clusters": cfg.data.n_clusters,
         "vae": cfg.model.vae, "text_encoder": text_encoder, "max_text_len": cfg.model.max_text_len,
         "cache_dtype": cfg.data.cache_dtype, "keep_images": bool(keep), "shard_size": cfg.data.shard_size,
     }
@@ -388,7 +393,8 @@ class RealDataset:
             for e in self.manifest["shards"]:
                 if e["start"] >= self.size:
                     break
-                all_recs.extend(self._reader.records(e)[: self.size - e["start"]])
+                recs = self._reader.records(e)
+                all_recs.extend(recs[: min(len(recs), self.size - e["start"])])
             out["realised_coverage"] = len(set(self.labels[: self.size].tolist())) / k
             sigs = {D.spec_signature(r["spec"]) for r in all_recs if r.get("spec")}
             out["unique_compositions"] = float(len(sigs) or len(set(self.labels[: self.size].tolist())))
@@ -432,7 +438,7 @@ def _get_real_locked(cfg: Any, folder: Path, identity: dict, key: str, progress:
         raise UserError(f"dataset cache {folder} belongs to a different configuration; delete it to rebuild")
     if manifest is None or "selection" not in manifest:
         labels = cluster_captions([c["caption"] for c in captions], cfg.data.n_clusters, cfg.data.seed)
-        order = selection_order(labels, cfg.data.caption_diversity, cfg.data.seed)
+        order = selection_order(labels, _cluster_fraction(cfg), cfg.data.seed)
         entry = store.write_shard(sel_path, {"order": order, "labels": labels[order]}, [])
         manifest = {"key": key, "identity": identity, "config": cfg.model_dump(mode="json"), "count": 0,
                     "shards": [], "selection": entry}

@@ -37,7 +37,7 @@ def write_shard(path: Path, tensors: dict[str, Any], records: list[dict]) -> dic
 
     ``tensors`` are numpy arrays, or torch tensors (needed for bf16, which numpy lacks).
     """
-    meta = {"records": json.dumps(records, separators=(",", ":"))}
+    meta = {"columns": json.dumps(_to_columns(records), separators=(",", ":"))}
     if any(type(v).__module__.startswith("torch") for v in tensors.values()):
         import torch
         from safetensors.torch import save as save_pt
@@ -52,6 +52,56 @@ def write_shard(path: Path, tensors: dict[str, Any], records: list[dict]) -> dic
     return {"file": path.name, "count": len(records), "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
+def _to_columns(records: list[dict]) -> dict:
+    """Records as columns; dict/list values are kept as JSON strings (``"json:<key>"`` columns).
+
+    Why: a 2M-item dataset's records stay in memory while training; a list of strings per column
+    costs a fraction of a list of nested dicts, and specs are only parsed for the items a batch asks for.
+    """
+    cols: dict[str, list] = {}
+    keys = list(records[0]) if records else []
+    for k in keys:
+        vals = [r.get(k) for r in records]
+        if any(isinstance(v, (dict, list)) for v in vals):
+            cols[f"json:{k}"] = [json.dumps(v, separators=(",", ":")) for v in vals]
+        else:
+            cols[k] = vals
+    return {"n": len(records), "columns": cols}
+
+
+class Records:
+    """Read-only, column-stored records of one shard; ``records[i]`` gives the i-th as a dict."""
+
+    def __init__(self, data: dict):
+        self.n = int(data["n"])
+        self.columns = data["columns"]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        i = int(i)
+        out = {}
+        for k, col in self.columns.items():
+            if k.startswith("json:"):
+                out[k[5:]] = json.loads(col[i])
+            else:
+                out[k] = col[i]
+        return out
+
+    def column(self, key: str) -> list:
+        """One column as stored (JSON columns come back parsed)."""
+        if key in self.columns:
+            return self.columns[key]
+        return [json.loads(v) for v in self.columns[f"json:{key}"]]
+
+    def raw(self, key: str) -> list:
+        """A column as stored (JSON strings for dict/list columns)."""
+        return self.columns.get(key, self.columns.get(f"json:{key}"))
+
+
 class ShardReader:
     """Reads shards listed in a manifest, verifying size and checksum once per shard and process."""
 
@@ -59,7 +109,7 @@ class ShardReader:
         self.folder = folder
         self.entries = entries
         self._verified: set[str] = set()
-        self._records: dict[str, list[dict]] = {}
+        self._records: dict[str, Records] = {}
         self._handles: dict[str, Any] = {}
         self._maps: dict[tuple[str, str], np.ndarray] = {}
 
@@ -93,13 +143,13 @@ class ShardReader:
                 raise UserError(f"dataset shard {path} cannot be read: {e}") from None
         return self._handles[name]
 
-    def records(self, entry: dict) -> list[dict]:
+    def records(self, entry: dict) -> "Records":
         name = entry["file"]
         if name not in self._records:
             h = self._open(entry)
             try:
-                self._records[name] = json.loads((h.metadata() or {})["records"])
-            except (KeyError, json.JSONDecodeError) as e:
+                self._records[name] = Records(json.loads((h.metadata() or {})["columns"]))
+            except (KeyError, TypeError, json.JSONDecodeError) as e:
                 raise UserError(f"dataset shard {self.folder / name} has no valid records: {e}") from None
         return self._records[name]
 

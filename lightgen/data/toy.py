@@ -6,11 +6,13 @@ N reads its first N items, and asking for a larger N extends the same folder.  S
 share one cache and are prefixes of each other by construction.
 
 Stream vs shards (``data.storage``), decided by measurement (``benchmarks/bench_data.py``, recorded in
-``benchmarks/RESULTS.md``): the teacher renders ~3,000 64-px images/s on one core while reading stored
-uint8 images back from safetensors shards runs at hundreds of thousands of images/s, so storing images
-wins whenever they fit on disk.  ``auto`` therefore stores image shards when the images of the
-requested scale take at most ``data.auto_max_gib`` GiB and otherwise streams: shards then hold only
-the records (caption, spec, render seed) and ``get_batch`` renders images on the fly, deterministically.
+``benchmarks/RESULTS.md``): the teacher renders ~4,800 64-px images per CPU-second, while reading
+stored uint8 images back from memory-mapped safetensors shards costs ~11× less CPU (~54K images per
+CPU-second), so storing images wins whenever they fit on disk.  ``auto`` therefore stores image
+shards when the images of the requested scale take at most ``data.auto_max_gib`` GiB and otherwise
+streams: shards then hold only the records (caption, spec, render seed) and ``get_batch`` renders images on the fly, deterministically.
+Storage is part of the cache identity, so under ``auto`` scales on either side of the threshold use two
+folders (holding identical items); set ``data.storage`` explicitly to share one folder across a sweep.
 """
 
 from __future__ import annotations
@@ -142,17 +144,20 @@ class ToyDataset:
         comps = [self.world.compositions(s) for s in batch["specs"]]
         out = D.subsample_metrics(batch["captions"], comps, self.gen.n_trainable, batch["images"])
         seen: set = set()
-        sigs: set = set()
+        structures: set = set()
         caps: set = set()
         for entry in self.manifest["shards"]:
             if entry["start"] >= self.size:
                 break
-            for r in self._reader.records(entry)[: self.size - entry["start"]]:
-                seen.update(map(tuple, self.world.compositions(r["spec"])))
-                sigs.add(D.spec_signature(r["spec"]))
-                caps.add(r["caption"])
+            recs = self._reader.records(entry)
+            k = min(len(recs), self.size - entry["start"])
+            caps.update(recs.raw("caption")[:k])
+            for raw in recs.raw("spec")[:k]:
+                spec = json.loads(raw)
+                seen.update(map(tuple, self.world.compositions(spec)))
+                structures.add(D.spec_signature(spec))
         out["realised_coverage"] = len(seen) / self.gen.n_trainable if self.gen.n_trainable else 0.0
-        out["unique_compositions"] = float(len(sigs))
+        out["unique_compositions"] = float(len(structures))
         out["unique_captions"] = float(len(caps))
         return out
 

@@ -76,7 +76,7 @@ REL_PARAPHRASES = {
     "above": ("{a} above {b}", "{b} below {a}", "{a} over {b}", "{b} under {a}", "{b} beneath {a}"),
     "below": ("{a} below {b}", "{b} above {a}", "{a} under {b}", "{a} beneath {b}", "{b} with {a} under it"),
 }
-AND_PARAPHRASES = ("{a} and {b}", "{b} and {a}", "{a} with {b}", "{a} as well as {b}", "{a} together with {b}")
+AND_PARAPHRASES = ("{b} and {a}", "{a} and {b}", "{a} with {b}", "{a} as well as {b}", "{a} together with {b}")
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,10 @@ class CaptionGenerator:
         if world.max_objects < 2:
             self.tasks = [t for t in self.tasks if t != "counting"]
         self._allowed()
+        # tasks whose compositions are all held out in this world cannot be sampled
+        empty = {"counting": not self.count_pairs, "colors": not self.color_pairs,
+                 "color_attr": not self.color_pairs, "position": not self.relation_triples}
+        self.tasks = [t for t in self.tasks if not empty.get(t, False)]
         v = knobs.variety
         self.n_templates = 1 + int(round(v * (len(TEMPLATES) - 1)))
         self.p_synonym = 0.5 * v
@@ -231,42 +235,31 @@ class CaptionGenerator:
             return CLASS_SYNONYMS[cls][int(plural)]
         return PLURALS[cls] if plural else cls
 
-    def _np(self, cl: dict, rng: random.Random | None) -> str:
+    def _np(self, cl: dict, rng: random.Random) -> str:
         """Noun phrase of a clause: "a red circle", "three stars", "a circle that is red"."""
         n, col = int(cl.get("count", 1)), cl.get("color")
-        noun = self._noun(cl["class"], n > 1, rng) if rng is not None else (PLURALS[cl["class"]] if n > 1 else cl["class"])
-        post = False
-        if col is not None and rng is not None and self.n_para(3) > 1:
-            post = rng.randrange(self.n_para(3)) > 0
-        if col is not None and not post:
-            head = f"{col} {noun}"
-        else:
-            head = noun
-        if n > 1:
-            phrase = f"{NUMBER_WORDS[n]} {head}"
-        else:
-            phrase = ("an " if head[0] in "aeiou" else "a ") + head
-        if col is not None and post:
+        noun = self._noun(cl["class"], n > 1, rng)
+        post = col is not None and self.n_para(3) > 1 and rng.randrange(self.n_para(3)) > 0
+        head = f"{col} {noun}" if col is not None and not post else noun
+        phrase = f"{NUMBER_WORDS[n]} {head}" if n > 1 else ("an " if head[0] in "aeiou" else "a ") + head
+        if post:
             phrase += f" that {'is' if n == 1 else 'are'} {col}" if rng.randrange(2) == 0 else f" colored {col}"
         return phrase
 
-    def _scene(self, spec: dict, rng: random.Random | None) -> str:
+    def _scene(self, spec: dict, rng: random.Random) -> str:
         inc = spec["include"]
         if len(inc) == 1:
             return self._np(inc[0], rng)
         a, b = inc[1], inc[0]  # clause 1 relates to clause 0 (GenEval's layout)
         pa, pb = self._np(a, rng), self._np(b, rng)
         if a.get("position"):
-            rel = a["position"][0]
-            opts = REL_PARAPHRASES[rel]
-            form = opts[0] if rng is None else opts[rng.randrange(self.n_para(len(opts)))]
-            return form.format(a=pa, b=pb)
-        form = "{b} and {a}" if rng is None else AND_PARAPHRASES[rng.randrange(self.n_para(len(AND_PARAPHRASES)))]
-        return form.format(a=pa, b=pb)
+            opts = REL_PARAPHRASES[a["position"][0]]
+            return opts[rng.randrange(self.n_para(len(opts)))].format(a=pa, b=pb)
+        return AND_PARAPHRASES[rng.randrange(self.n_para(len(AND_PARAPHRASES)))].format(a=pa, b=pb)
 
     def geneval_prompt(self, spec: dict) -> str:
         """GenEval's literal phrasing of a spec ("a photo of a red circle left of a star")."""
-        return "a photo of " + self._scene(spec, None)
+        return geneval_prompt(spec)
 
     def caption(self, spec: dict, rng: random.Random) -> str:
         if rng.random() < GENEVAL_SHARE:
@@ -297,6 +290,29 @@ class CaptionGenerator:
     def stream(self, n: int, start: int = 0) -> Iterator[tuple[dict, str]]:
         for i in range(start, start + n):
             yield self.item(i)
+
+
+def geneval_prompt(spec: dict) -> str:
+    """GenEval's literal prompt for a spec, exactly as training captions phrase it at ``GENEVAL_SHARE``:
+    "a photo of a red circle", "a photo of two stars", "a photo of a star and a ring",
+    "a photo of a red circle left of a star" (clause 1 relative to clause 0, as in GenEval's metadata)."""
+    return "a photo of " + _canonical_scene(spec)
+
+
+def _np_canonical(cl: dict) -> str:
+    n, col = int(cl.get("count", 1)), cl.get("color")
+    head = (f"{col} " if col else "") + (PLURALS[cl["class"]] if n > 1 else cl["class"])
+    return f"{NUMBER_WORDS[n]} {head}" if n > 1 else ("an " if head[0] in "aeiou" else "a ") + head
+
+
+def _canonical_scene(spec: dict) -> str:
+    inc = spec["include"]
+    if len(inc) == 1:
+        return _np_canonical(inc[0])
+    first, second = _np_canonical(inc[0]), _np_canonical(inc[1])
+    if inc[1].get("position"):
+        return f"{second} {inc[1]['position'][0]} {first}"
+    return f"{first} and {second}"
 
 
 def used_compositions(world: ToyWorld, spec: dict) -> list[tuple]:
