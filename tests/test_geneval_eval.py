@@ -175,3 +175,12 @@ def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
     assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(54)]
     r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code == 2 and "checkpoint not found" in r.output
+
+
+def test_config_field_detector_train_images():
+    from lightgen.config import ConfigError
+
+    assert load_config("smoke").eval.detector_train_images == 2400
+    assert load_config("smoke", ["eval.detector_train_images=500"]).eval.detector_train_images == 500
+    with pytest.raises(ConfigError, match="eval.detector_train_images"):
+        load_config("smoke", ["eval.detector_train_images=10"])

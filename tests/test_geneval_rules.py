@@ -142,3 +142,20 @@ def test_position_not_checked_when_colour_failed():
         {"class": "dog", "count": 1}, {"class": "cat", "count": 1, "color": "red", "position": ["left of", 0]}]}
     ok, reason = check_image(spec, {"dog": [det((0, 0, 10, 10))], "cat": [det((50, 0, 60, 10), color="blue")]})
     assert not ok and "expected red cat" in reason and "left of target" not in reason
+
+
+def test_position_rule_agrees_with_teacher_layout_rule():
+    """The toy teacher places objects with its own copy of the rule; both must agree on random boxes."""
+    import numpy as np
+
+    from lightgen.world.toy import relation_holds
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        a = sorted(rng.uniform(0, 64, 2)), sorted(rng.uniform(0, 64, 2))
+        b = sorted(rng.uniform(0, 64, 2)), sorted(rng.uniform(0, 64, 2))
+        box_a = [a[0][0], a[1][0], a[0][1], a[1][1]]
+        box_b = [b[0][0], b[1][0], b[0][1], b[1][1]]
+        rels = relative_position(box_a, box_b)
+        for rel in ("left of", "right of", "above", "below"):
+            assert (rel in rels) == relation_holds(box_a, box_b, rel)

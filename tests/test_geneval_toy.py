@@ -43,18 +43,25 @@ def test_toy_prompts_seeded_and_flagged(world):
     assert a != toy_prompts(world, 8, seed=4)
     tags = [s["tag"] for s in a]
     assert [tags.count(t) for t in TASKS] == [8] * 6
-    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)
+    assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)  # 8 per task: all distinct
     for s in a:
         assert s["seen"] is (not world.is_heldout(s))
         world.validate_spec(s)  # every prompt is renderable by the teacher
         for cl in s["include"]:
             assert cl["class"] in world.classes and cl.get("color", "red") in world.colors
+    from lightgen.world.captions import geneval_prompt
+
+    # the same literal phrasing as the GenEval-style training captions
+    assert all(s["prompt"] == geneval_prompt(s) for s in a)
     examples = {s["prompt"] for s in toy_prompts(world, 40, seed=0)}
     assert any(p.startswith("a photo of three ") for p in examples)
     assert any(" left of a" in p for p in examples)
     # over a larger set both seen and unseen prompts occur (held-out compositions exist)
     flags = {s["seen"] for s in toy_prompts(world, 40, seed=0)}
     assert flags == {True, False}
+    # 12 classes give only 12 distinct single-object prompts: they are repeated to fill the task
+    singles = [s for s in toy_prompts(world, 20, seed=0) if s["tag"] == "single_object"]
+    assert len(singles) == 20 and len({s["prompt"] for s in singles}) == len(world.classes)
 
 
 def test_detector_boxes_and_colours_exact(world, detector):

@@ -105,6 +105,8 @@ def evaluate(
     config: str = typer.Option("smoke", "--config", "-c", help="Preset/YAML: eval.detector, world, tracking.root."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     bootstrap: Optional[int] = typer.Option(None, "--bootstrap", min=0, help="Default: eval.bootstrap."),
+    run: Optional[str] = typer.Option(None, "--run", help="Also log metrics + geneval/results.jsonl into this MLflow run."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: tracking.tracking_uri / $MLFLOW_TRACKING_URI."),
 ) -> None:
     """Score a GenEval folder with the configured detector, writing results.jsonl and printing the summary."""
     from lightgen.geneval.evaluate import evaluate_folder, make_detector
@@ -117,6 +119,8 @@ def evaluate(
     summary = summarize(results, bootstrap if bootstrap is not None else cfg.eval.bootstrap, cfg.seed)
     echo(format_summary(summary, results))
     echo(f"\nwrote {len(results)} results to {dest}")
+    if run:
+        _log_to_run(run, tracking_uri or cfg.tracking.tracking_uri, summary, dest, step=0)
 
 
 @app.command("summary")
@@ -146,22 +150,29 @@ def import_(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Log an official GenEval results.jsonl into an MLflow run (metrics + artifact geneval/results.jsonl)."""
-    from lightgen.geneval.evaluate import log_results_artifact
     from lightgen.geneval.summary import read_results, summarize
-    from lightgen.tracking import Tracker, resolve_tracking_uri
 
     results = read_results(results_file)
     s = summarize(results, bootstrap, seed)
+    _log_to_run(run, tracking_uri, s, results_file, step)
+
+
+def _log_to_run(run: str, tracking_uri: str | None, summary: dict[str, float], results_file: Path, step: int) -> None:
+    """Metrics via the studio's Tracker (batched) and results.jsonl as artifact geneval/results.jsonl."""
+    from lightgen.geneval.evaluate import log_results_artifact
+    from lightgen.tracking import Tracker, resolve_tracking_uri
+
     uri = resolve_tracking_uri(tracking_uri)
     tracker = Tracker(run, uri)
     try:
         tracker.client.get_run(run)
     except Exception as e:  # noqa: BLE001 - MLflow raises various types for unknown ids
         raise UserError(f"--run {run}: no such MLflow run in {uri} ({type(e).__name__})") from None
-    tracker.log_metrics(s, step=step)
+    tracker.log_metrics(summary, step=step)
     tracker.flush(synchronous=True)
     log_results_artifact(tracker, results_file)
-    echo(f"logged {len(s)} metrics and geneval/results.jsonl into run {run} (overall {s['geneval/overall']:.4f})")
+    echo(f"logged {len(summary)} metrics and geneval/results.jsonl into run {run} "
+         f"(overall {summary['geneval/overall']:.4f})")
 
 
 def register(root: typer.Typer) -> None:

@@ -246,13 +246,14 @@ def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> lis
 
     ``seen = not world.is_heldout(spec)``: held-out compositions are never in any training set, so
     the unseen scores measure compositional generalisation. Duplicates are redrawn (up to a limit) so
-    each task has ``n_per_task`` distinct prompts whenever the vocabulary allows it.
+    each task has ``n_per_task`` distinct prompts whenever the vocabulary allows it, else the distinct
+    ones are repeated up to ``n_per_task``.
     """
     n = TOY_DEFAULT_PER_TASK if not n_per_task else int(n_per_task)
     rng = np.random.default_rng([seed, 6])  # own stream: independent of data/model seeds using `seed`
     classes, colors = list(world.classes), list(world.colors)
     relations = list(getattr(world, "relations", RELATIONS)) or list(RELATIONS)
-    max_count = max(2, min(4, int(getattr(getattr(world, "cfg", None), "max_objects", 4) or 4)))
+    max_count = min(4, int(getattr(world, "max_objects", 4)))  # GenEval counts 2..4
     K, M = len(classes), len(colors)
 
     def draw(task: str) -> dict[str, Any]:
@@ -274,10 +275,12 @@ def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> lis
 
     out: list[dict[str, Any]] = []
     for task in TASKS:
+        if task == "counting" and max_count < 2 or task in ("position", "two_object", "color_attr") and K < 2:
+            continue  # the world cannot express this task
         keys: set[str] = set()
+        distinct: list[dict[str, Any]] = []
         tries = 0
-        got = 0
-        while got < n and tries < 50 * n:
+        while len(distinct) < n and tries < 50 * n:
             tries += 1
             spec = draw(task)
             key = json.dumps(spec, sort_keys=True)
@@ -285,6 +288,9 @@ def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> lis
                 continue
             keys.add(key)
             spec["seen"] = not bool(world.is_heldout(spec))
-            out.append(spec)
-            got += 1
+            distinct.append(spec)
+        # A small vocabulary has fewer distinct prompts than n (12 classes: 12 single-object prompts):
+        # repeat them in order so every task still gets n x images_per_prompt images (the power
+        # calculation counts images); repeats share their metadata, so summaries group them as one prompt.
+        out.extend(json.loads(json.dumps(distinct[k % len(distinct)])) for k in range(n))
     return out
