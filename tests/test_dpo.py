@@ -247,12 +247,13 @@ def test_dpo_run_logs_resumes_and_samples(base, ds, tmp_path):
 
     imgs = full.sampler(["a photo of a red square on the left"] * 2, [0, 1])
     assert imgs.dtype == np.uint8 and imgs.shape == (2, 32, 32, 3)
-    # the base is untouched and differs from the DPO result
+    # the base checkpoint is untouched (same identity as when the pairs were built); its samples differ
+    assert dpo_mod.base_identity(base_cp) == pairs.manifest["base_identity"]
     base_imgs = load_base_sampler(base_cp, cfg_with(root))(["a photo of a red square on the left"] * 2, [0, 1])
-    assert imgs.shape == base_imgs.shape
+    assert not np.array_equal(imgs, base_imgs)
 
 
-def test_sft_control_arm_trains_on_winners_only(base, ds, tmp_path, monkeypatch):
+def test_sft_control_arm_trains_on_winners_only(base, ds, tmp_path):
     root, base_cp, pairs = base
     # losers never enter the SFT objective: scrambling them leaves the trajectory unchanged
     scrambled = PairSet(pairs.captions, pairs.winners, 255 - pairs.losers, pairs.key, None, {})
@@ -305,7 +306,7 @@ def test_cli_dpo_config_routes_to_train_and_links_the_base(base, tmp_path, monke
     client = MlflowClient(uri)
     exp = client.create_experiment("bases")
     base_run = client.create_run(exp, tags={"lightgen.checkpoint": str(base_cp)}).info.run_id
-    assert resolve_base(base_run)[0] == base_cp.resolve() or resolve_base(base_run)[0] == base_cp
+    assert resolve_base(base_run) == (base_cp, base_run)
     empty_run = client.create_run(exp).info.run_id
     with pytest.raises(UserError, match="found no checkpoint"):
         resolve_base(empty_run)
