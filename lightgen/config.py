@@ -192,6 +192,10 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(0, ge=0)
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
+    init_from: str | None = Field(
+        None, description="start from this checkpoint's weights (e.g. 256 px → 512 px; position embeddings "
+        "are interpolated when data.resolution differs)"
+    )
 
     @field_validator("betas")
     @classmethod

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 MICRO = [
     "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
-    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=32",
+    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
     "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
     "train.batch_size=4", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3", "train.num_threads=1",
     "eval.num_iter=2", "eval.diffusion_steps=2", "eval.batch_size=4",
@@ -34,8 +34,14 @@ class Recorder:
     def __init__(self):
         self.rows: list[tuple[int, dict]] = []
 
+        self.images: list[str] = []
+
     def log_metrics(self, metrics, step=0):
         self.rows.append((step, dict(metrics)))
+
+    def log_image(self, image, artifact_file):
+        assert image.size[0] > 0
+        self.images.append(artifact_file)
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +164,10 @@ def test_metrics_compute_and_eval_hook(ds, tmp_path):
         imgs = sampler(["a photo of a green square on the top"] * 2, [0, 1])
         seen.append((step, imgs.shape))
 
-    cfg = cfg_with("train.iterations=4", "train.log_every=2", "eval.checkpoints=[0.5, 1.0]")
+    cfg = cfg_with("train.iterations=4", "train.log_every=2", "eval.checkpoints=[0.5, 1.0]", "train.sample_every=3")
     res = train(cfg, ds, tmp_path, tracker=rec, eval_hook=hook)
     assert seen == [(2, (2, 32, 32, 3)), (4, (2, 32, 32, 3))]
+    assert rec.images == ["samples/step-0000003.png"]
     steps = [s for s, m in rec.rows if "train/loss" in m]
     assert steps == [2, 4]
     last = [m for s, m in rec.rows if "train/loss" in m][-1]
@@ -212,3 +219,74 @@ def test_sample_cli(ds, tmp_path):
     assert r.exit_code == 2 and "not found" in r.output
     r = runner.invoke(app, ["sample", "--checkpoint", str(res.checkpoint), "--prompt", "x", "--size", "512"])
     assert r.exit_code == 2 and "512" in r.output
+
+
+def test_init_from_interpolates_position_embeddings(ds, tmp_path):
+    """The 256 → 512 px stage in miniature: 32 px (4×4 tokens) → 64 px (8×8 tokens)."""
+    from safetensors.torch import load_file
+
+    from lightgen.model.mar import build_model
+
+    src = train(cfg_with("train.iterations=1"), ds, tmp_path / "src", count_flops=False).checkpoint
+    cfg64 = cfg_with("data.resolution=64", f"train.init_from={src}", "train.iterations=1")
+    model = build_model(cfg64, vocab=ds.vocabulary())
+    ckpt.init_weights_from(model, src, cfg64)
+    ema = load_file(str(src / "ema.safetensors"))
+    assert model.encoder_pos.shape == (1, 2 + 64, 32) and model.diffusion_pos.shape == (1, 64, 32)
+    assert torch.equal(model.encoder_pos[:, :2], ema["encoder_pos"][:, :2])  # buffer positions kept
+    assert torch.equal(model.head.out.weight, ema["head.out.weight"])
+    # a smooth upsampling: the mean of the grid embeddings is about preserved
+    assert torch.allclose(model.diffusion_pos.mean(1), ema["diffusion_pos"].mean(1), atol=0.02)
+    res = train(cfg64, SquaresDataset(8, resolution=64), tmp_path / "ft", count_flops=False)
+    assert res.step == 1 and np.isfinite(res.loss_history[-1][1])
+    with pytest.raises(UserError, match="incompatible architecture"):
+        ckpt.init_weights_from(build_model(cfg_with("model.width=64"), vocab=ds.vocabulary()), src,
+                               cfg_with("model.width=64"))
+
+
+def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.cli import app
+    from lightgen.model.mar import LightGenMAR
+    from lightgen.train import cli as train_cli
+
+    monkeypatch.setattr(train_cli, "_get_dataset", lambda cfg: ds)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [x for o in [*MICRO, "train.iterations=2", f"tracking.tracking_uri={uri}", f"tracking.root={tmp_path}",
+                        "tracking.experiment=t"] for x in ("--set", o)]
+    r = CliRunner().invoke(app, ["train", "smoke", *sets])
+    assert r.exit_code == 0, r.output
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {"train/loss", "compute/train_flops", "compute/samples_seen"} <= set(run.data.metrics)
+    assert run.data.params["model.width"] == "32"
+    assert "samples" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert list((tmp_path / "checkpoints").glob("*/seed0/step-0000002"))
+
+    monkeypatch.setattr(LightGenMAR, "forward_loss", lambda self, *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    r = CliRunner().invoke(app, ["train", "smoke", *sets, "--set", "model.width=64"])
+    assert r.exit_code == 1 and "non-finite" in r.output
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == "FAILED"
+
+
+def test_vae_world_trains_and_checkpoints_without_copying_the_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                  norm_num_groups=4, layers_per_block=1).save_pretrained(tmp_path / "vae")
+    cfg = cfg_with("model.tokenizer=vae", f"model.vae={tmp_path / 'vae'}", "model.patch_size=2",
+                   "model.head_width=32", "train.iterations=1", "eval.diffusion_steps=2")
+    res = train(cfg, SquaresDataset(8, resolution=32), tmp_path / "run", count_flops=False)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("tokenizer.") for k in load_file(str(res.checkpoint / "model.safetensors")))
+    model, _ = ckpt.load_checkpoint(res.checkpoint)
+    assert (model.seq_len, model.token_dim) == (64, 16)
+    imgs = res.sampler(["a photo of a red square"], [0])
+    assert imgs.shape == (1, 32, 32, 3)

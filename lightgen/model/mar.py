@@ -44,9 +44,9 @@ from lightgen.model.text import TextAligner, TextEncoder
 # 1. Sizes
 # --------------------------------------------------------------------------------------------------
 SIZES: dict[str, dict[str, int]] = {
-    # CPU: a few hundred ms per step at 32 px (64 tokens of 48 dims)
-    "tiny": dict(width=128, encoder_depth=2, decoder_depth=2, cross_depth=2, heads=4, aligner_depth=1,
-                 head_width=256, head_depth=3, buffer_size=4),
+    # CPU: well under a second per step at 32 px (64 tokens of 48 dims), batch 16, one thread
+    "tiny": dict(width=96, encoder_depth=2, decoder_depth=2, cross_depth=2, heads=4, aligner_depth=1,
+                 head_width=128, head_depth=2, buffer_size=4),
     # one GPU, toy world at lab scale (64 px, 256 tokens)
     "small": dict(width=512, encoder_depth=6, decoder_depth=6, cross_depth=6, heads=8, aligner_depth=2,
                   head_width=768, head_depth=4, buffer_size=16),
@@ -142,6 +142,10 @@ class LightGenMAR(nn.Module):
         self.tokenizer = tokenizer
         self.seq_len, self.token_dim, self.width = tokenizer.seq_len, tokenizer.token_dim, w
         self.buffer_size = arch["buffer_size"]
+        if arch["head_width"] < self.token_dim:
+            # the head must carry x_t through its width to predict ε: a narrower MLP cannot (loss floor)
+            raise ValueError(f"model.head_width={arch['head_width']} is smaller than the token dim "
+                             f"{self.token_dim} (patch_size² × channels); widen the head or use smaller patches")
         self.diffusion_batch_mul = mcfg.diffusion_batch_mul
 
         # text: encoder (possibly frozen / absent) → aligner; a learned null sequence for CFG
@@ -209,7 +213,7 @@ class LightGenMAR(nn.Module):
                     drop_text: torch.Tensor | None = None, pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """→ aligned text [B, T, width] and its key mask [B, T]; rows with ``drop_text`` become null."""
         feats, mask = self.text_encoder(captions, batch=batch, device=self.device, pad_to=pad_to)
-        ctx = self.aligner(feats.to(self.aligner.proj.weight.dtype) if not torch.is_autocast_enabled() else feats, mask)
+        ctx = self.aligner(feats.to(self.aligner.proj.weight.dtype), mask)
         if drop_text is not None:
             ctx, mask = self.apply_null(ctx, mask, drop_text)
         return ctx, mask

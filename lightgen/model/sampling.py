@@ -26,9 +26,13 @@ from diffusers import DDIMScheduler
 
 
 def _scheduler(model: Any, steps: int) -> DDIMScheduler:
+    # With the cosine schedule ᾱ(999) ≈ 0, so x̂₀ = (x − √(1−ᾱ)ε̂)/√ᾱ amplifies any ε error at the first
+    # steps; bounded token spaces (pixels in [-1, 1]) clip x̂₀ to their range, as pixel-space DDPMs do.
+    clip = getattr(model.tokenizer, "clip_range", None)
     sched = DDIMScheduler(
         num_train_timesteps=model.noise_scheduler.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
+        prediction_type="epsilon", clip_sample=clip is not None, clip_sample_range=clip or 1.0,
+        set_alpha_to_one=True, timestep_spacing="trailing",
     )
     sched.set_timesteps(steps)
     return sched
@@ -49,7 +53,7 @@ def sample_head(model: Any, z: torch.Tensor, *, steps: int, cfg_scale: float | N
         x = x * temperature
     for t in sched.timesteps:
         xin = torch.cat([x, x]) if cfg_scale is not None else x
-        tt = torch.full((xin.shape[0],), int(t), device=z.device, dtype=torch.long)
+        tt = torch.full((1,), int(t), device=z.device, dtype=torch.long)  # one embedding, broadcast to rows
         eps = head(xin.to(cond.dtype), tt, cond).float()
         if cfg_scale is not None:
             e_c, e_u = eps.chunk(2)

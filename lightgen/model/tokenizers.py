@@ -66,6 +66,7 @@ class PatchTokenizer(nn.Module):
         self.grid = resolution // patch_size
         self.seq_len = self.grid**2
         self.token_dim = 3 * patch_size**2
+        self.clip_range: float | None = 1.0  # pixel tokens live in [-1, 1]: the sampler clips x̂₀ there
 
     def encode_images(self, images: Any, device: torch.device | str | None = None) -> torch.Tensor:
         x = images_to_float(images, device)
@@ -101,6 +102,7 @@ class LatentTokenizer(nn.Module):
         self.grid = latent_size // patch_size
         self.seq_len = self.grid**2
         self.token_dim = channels * patch_size**2
+        self.clip_range: float | None = None  # normalised latents are unbounded
 
     def normalise(self, latents: torch.Tensor) -> torch.Tensor:
         return (latents - self.shift) * self.scaling
@@ -155,6 +157,7 @@ class VAETokenizer(LatentTokenizer):
         self.grid = resolution // (self.stride * patch_size)
         self.seq_len = self.grid**2
         self.token_dim = self.channels * patch_size**2
+        self.clip_range = None
 
     def train(self, mode: bool = True) -> "VAETokenizer":  # the VAE always stays in eval mode
         super().train(mode)

@@ -3,7 +3,7 @@
 Layout (``docs/ARCHITECTURE.md``)::
 
     step-0000300/
-      model.safetensors      trainable + frozen-toy weights (a frozen *hub* T5 is not copied)
+      model.safetensors      trainable + frozen-toy weights (a frozen hub T5 and the VAE are not copied)
       ema.safetensors        EMA of the trainable weights (used for sampling and evaluation)
       optimizer.safetensors  AdamW moments, keyed "<param index>.<name>"
       state.json             step, optimizer param groups, RNG states (as lists), vocabulary
@@ -63,8 +63,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     skip_te = te.t5 is not None and te.frozen and te.source != "toy"
     out, seen = {}, set()
     for k, v in model.state_dict().items():
-        if skip_te and k.startswith("text_encoder."):
-            continue
+        if (skip_te and k.startswith("text_encoder.")) or k.startswith("tokenizer."):
+            continue  # frozen hub models (T5, VAE) are reloaded from their paths, not copied
         if v.numel() and v.data_ptr() in seen:  # tied weights (T5's shared/embed_tokens) are stored once
             continue
         seen.add(v.data_ptr())
@@ -189,7 +189,7 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
     unknown = [k for k in tensors if k not in own]
     if bad_shape or unknown:
         raise UserError(f"{where}: weights do not fit the model (shape mismatch: {bad_shape[:5]}, unknown: {unknown[:5]})")
-    missing = [k for k in own if k not in tensors and not k.startswith("text_encoder.")]
+    missing = [k for k in own if k not in tensors and not k.startswith(("text_encoder.", "tokenizer."))]
     if strict_keys and missing:
         raise UserError(f"{where}: weights missing for {missing[:5]}")
     model.load_state_dict(tensors, strict=False)
@@ -220,3 +220,37 @@ def load_checkpoint(path: str | Path, *, weights: str = "ema", device: str | tor
         model.to(device)
     model.eval()
     return model, cfg
+
+
+def interpolate_grid(pos: torch.Tensor, n_extra: int, new_grid: int) -> torch.Tensor:
+    """Resize a [1, n_extra + g², W] position embedding to ``new_grid``² grid tokens (bicubic)."""
+    extra, grid = pos[:, :n_extra], pos[:, n_extra:]
+    g = int(round(grid.shape[1] ** 0.5))
+    if g == new_grid:
+        return pos
+    w = grid.shape[-1]
+    img = grid.reshape(1, g, g, w).permute(0, 3, 1, 2).float()
+    img = torch.nn.functional.interpolate(img, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    return torch.cat([extra, img.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, w).to(pos.dtype)], dim=1)
+
+
+def init_weights_from(model: torch.nn.Module, path: str | Path, cfg: ExperimentConfig, *, weights: str = "ema") -> Path:
+    """Load a checkpoint's weights into a freshly built ``model`` for a new run (e.g. 256 → 512 px).
+
+    The architecture must match except ``data.resolution`` (and the tokenizer grid it implies): position
+    embeddings are interpolated to the new grid. Returns the checkpoint folder used.
+    """
+    cp = resolve_checkpoint(path)
+    src_cfg = load_config(read_yaml(cp / "config.yaml"))
+    diff = [d for d in incompatible_keys(src_cfg, cfg) if not d.startswith("data.resolution")]
+    if diff:
+        raise UserError(f"train.init_from: {cp} has an incompatible architecture:\n  " + "\n  ".join(diff))
+    tensors = load_file(str(cp / "model.safetensors"))
+    if weights == "ema":
+        tensors.update(load_file(str(cp / "ema.safetensors")))
+    nb, grid = model.buffer_size, model.tokenizer.grid
+    for key, extra in (("encoder_pos", nb), ("decoder_pos", nb), ("diffusion_pos", 0)):
+        if key in tensors:
+            tensors[key] = interpolate_grid(tensors[key], extra, grid)
+    load_state_into(model, tensors, cp)
+    return cp

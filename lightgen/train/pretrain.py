@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -230,7 +229,12 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         vocab = state.get("vocab")
     else:
         vocab = dataset_vocabulary(dataset) if cfg.model.text_encoder == "toy" else None
-    model = build_model(cfg, vocab=vocab).to(device)
+    if resume_from is None and tc.init_from:
+        vocab = ckpt.read_state(ckpt.resolve_checkpoint(tc.init_from)).get("vocab") or vocab
+    model = build_model(cfg, vocab=vocab)
+    if resume_from is None and tc.init_from:
+        ckpt.init_weights_from(model, tc.init_from, cfg)
+    model.to(device)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0)
@@ -332,6 +336,13 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
             log_now = done % tc.log_every == 0 or done == tc.iterations
             ckpt_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.iterations
             if log_now or ckpt_now or done in eval_steps:
+                if world > 1:  # every rank sees the same flag and the global mean loss
+                    import torch.distributed as dist
+
+                    flags = torch.stack([bad.float(), loss_acc])
+                    dist.all_reduce(flags)
+                    bad = flags[0] > 0
+                    loss_acc = flags[1] / world
                 if bool(bad):  # one host sync per log interval, and always before saving
                     raise NonFiniteLossError(
                         f"non-finite loss between steps {done - n_acc // tc.grad_accum + 1} and {done}; "
@@ -356,6 +367,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                 n_acc, t_log = 0, now
             if ckpt_now:
                 last_ckpt = save(done)
+            if tc.sample_every and done % tc.sample_every == 0 and tracker is not None and is_main:
+                _log_samples(tracker, sampler, dataset, done)
+                t_log = time.perf_counter()
             if done in eval_steps and eval_hook is not None:
                 eval_hook(done, sampler)
                 t_log = time.perf_counter()  # do not count evaluation as training time
@@ -369,6 +383,19 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
     if tracker is not None and is_main:
         tracker.log_metrics({k: v for k, v in final.items() if k.startswith("compute/")}, step=step)
     return TrainResult(step=step, checkpoint=last_ckpt, metrics=final, sampler=sampler, loss_history=losses)
+
+
+def _log_samples(tracker: Any, sampler: Callable, dataset: Any, step: int, n: int = 8) -> None:
+    """A grid of EMA samples for the first ``n`` captions of the dataset, as ``samples/step-XXXXXXX.png``."""
+    import io
+
+    from PIL import Image
+
+    from lightgen.utils import image_grid_png
+
+    captions = dataset.get_batch(np.arange(min(n, len(dataset))))["captions"]
+    images = sampler(captions, list(range(len(captions))))
+    tracker.log_image(Image.open(io.BytesIO(image_grid_png(images, captions))), f"samples/step-{step:07d}.png")
 
 
 def _compute(step: int, per_step: int, n: int, flops_per_sample: float, device_seconds: float) -> dict[str, float]:
