@@ -31,10 +31,11 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. model.encoder_depth=2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    _, model, batch = make_setup(args.size, args.batch, device)
+    _, model, batch = make_setup(args.size, args.batch, device, sets=args.set)
     model.eval()
     amp = device.type == "cuda"
     text = {k: batch[k] for k in ("text_emb", "text_mask")} if "text_emb" in batch else None

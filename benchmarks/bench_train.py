@@ -48,10 +48,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_setup(size: str, batch: int, device: torch.device, seed: int = 0):
-    """(model, batch dict) for the size: L on synthetic paper-shaped cached inputs, else squares."""
+def make_setup(size: str, batch: int, device: torch.device, seed: int = 0, sets: list[str] | None = None):
+    """(cfg, model, batch dict) for the size: L on synthetic paper-shaped cached inputs, else squares."""
+    sets = list(sets or [])
     if size == "L":
-        cfg = load_config("paper", ["model.text_encoder=cached"])
+        cfg = load_config("paper", ["model.text_encoder=cached", *sets])
         model = build_model(cfg, tokenizer=LatentTokenizer(16, 32, 2))
         g = torch.Generator().manual_seed(seed)
         data = {
@@ -62,7 +63,7 @@ def make_setup(size: str, batch: int, device: torch.device, seed: int = 0):
         }
     else:
         res = 32 if size == "tiny" else 64
-        cfg = load_config("smoke", [f"model.size={size}", f"data.resolution={res}"])
+        cfg = load_config("smoke", [f"model.size={size}", f"data.resolution={res}", *sets])
         ds = SquaresDataset(max(batch, 64), resolution=res)
         model = build_model(cfg, vocab=ds.vocabulary())
         data = ds.get_batch(np.arange(batch))
@@ -79,12 +80,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. model.encoder_depth=2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    cfg, model, batch = make_setup(args.size, args.batch, device)
+    cfg, model, batch = make_setup(args.size, args.batch, device, sets=args.set)
     amp = device.type == "cuda" if args.precision == "auto" else args.precision == "bf16"
     model.train()
     nb = min(args.batch, 8)

@@ -54,12 +54,18 @@ def main() -> None:
     ds = SquaresDataset(2000, resolution=32, colors=4)
     # estimate steps from a 3-step probe so the whole run takes about --seconds
     per_step = 1.0
-    if not args.steps:
-        probe_cfg = load_config("smoke", [*base, "train.iterations=3", "train.log_every=1"])
+    if not args.steps:  # probe 8 steps; the trainer's own images/s (steps 2-8) exclude building the model
+        rates: list[float] = []
+
+        class Rates:
+            def log_metrics(self, metrics: dict, step: int = 0) -> None:
+                if step > 1 and "train/images_per_s" in metrics:
+                    rates.append(metrics["train/images_per_s"])
+
+        probe_cfg = load_config("smoke", [*base, "train.iterations=8", "train.log_every=1"])
         with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            train(probe_cfg, ds, d, count_flops=False)
-            per_step = (time.perf_counter() - t0) / 3
+            train(probe_cfg, ds, d, tracker=Rates(), count_flops=False)
+        per_step = args.batch / float(np.median(rates))
     steps = args.steps or max(10, int(args.seconds / per_step))
     cfg = load_config("smoke", [*base, f"train.iterations={steps}", f"train.log_every={max(1, steps // 20)}"])
     with tempfile.TemporaryDirectory() as d:

@@ -238,3 +238,23 @@ def test_sampling_is_seeded_and_inpainting_keeps_known_tokens(model, ds):
 def test_head_narrower_than_token_is_refused(ds):
     with pytest.raises(ValueError, match="model.head_width"):
         build_model(micro_cfg("model.head_width=64"), vocab=ds.vocabulary())
+
+
+def test_real_t5_from_a_local_path_is_frozen_and_not_checkpointed(ds, tmp_path):
+    """The real-world text path: T5EncoderModel + tokenizer from_pretrained (a tiny random one, offline)."""
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
+
+    from lightgen.model.text import ToyTextTokenizer, toy_t5_config
+    from lightgen.train.checkpoint import model_state
+
+    toy = ToyTextTokenizer(ds.vocabulary(), 16)
+    T5EncoderModel(toy_t5_config(toy.vocab_size, 24, 1)).save_pretrained(tmp_path / "t5")
+    PreTrainedTokenizerFast(tokenizer_object=toy._tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(tmp_path / "t5")
+    m = build_model(micro_cfg(f"model.text_encoder={tmp_path / 't5'}", "model.text_encoder_mode=frozen"))
+    assert m.text_encoder.dim == 24 and not any(p.requires_grad for p in m.text_encoder.parameters())
+    ctx, mask = m.encode_text(["a photo of a red square", "a blue square"])
+    assert ctx.shape[:2] == mask.shape and mask.sum(1).tolist()[1] < mask.sum(1).tolist()[0]
+    assert not any(k.startswith("text_encoder.") for k in model_state(m))
+    with pytest.raises(ValueError, match="model.text_encoder"):
+        build_model(micro_cfg(f"model.text_encoder={tmp_path / 'missing'}", "model.text_encoder_mode=frozen"))

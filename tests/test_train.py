@@ -271,3 +271,22 @@ def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch
     assert r.exit_code == 1 and "non-finite" in r.output
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == "FAILED"
+
+
+def test_vae_world_trains_and_checkpoints_without_copying_the_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                  norm_num_groups=4, layers_per_block=1).save_pretrained(tmp_path / "vae")
+    cfg = cfg_with("model.tokenizer=vae", f"model.vae={tmp_path / 'vae'}", "model.patch_size=2",
+                   "model.head_width=32", "train.iterations=1", "eval.diffusion_steps=2")
+    res = train(cfg, SquaresDataset(8, resolution=32), tmp_path / "run", count_flops=False)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("tokenizer.") for k in load_file(str(res.checkpoint / "model.safetensors")))
+    model, _ = ckpt.load_checkpoint(res.checkpoint)
+    assert (model.seq_len, model.token_dim) == (64, 16)
+    imgs = res.sampler(["a photo of a red square"], [0])
+    assert imgs.shape == (1, 32, 32, 3)

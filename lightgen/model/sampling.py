@@ -53,7 +53,7 @@ def sample_head(model: Any, z: torch.Tensor, *, steps: int, cfg_scale: float | N
         x = x * temperature
     for t in sched.timesteps:
         xin = torch.cat([x, x]) if cfg_scale is not None else x
-        tt = torch.full((xin.shape[0],), int(t), device=z.device, dtype=torch.long)
+        tt = torch.full((1,), int(t), device=z.device, dtype=torch.long)  # one embedding, broadcast to rows
         eps = head(xin.to(cond.dtype), tt, cond).float()
         if cfg_scale is not None:
             e_c, e_u = eps.chunk(2)

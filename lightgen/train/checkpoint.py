@@ -3,7 +3,7 @@
 Layout (``docs/ARCHITECTURE.md``)::
 
     step-0000300/
-      model.safetensors      trainable + frozen-toy weights (a frozen *hub* T5 is not copied)
+      model.safetensors      trainable + frozen-toy weights (a frozen hub T5 and the VAE are not copied)
       ema.safetensors        EMA of the trainable weights (used for sampling and evaluation)
       optimizer.safetensors  AdamW moments, keyed "<param index>.<name>"
       state.json             step, optimizer param groups, RNG states (as lists), vocabulary
@@ -63,8 +63,8 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     skip_te = te.t5 is not None and te.frozen and te.source != "toy"
     out, seen = {}, set()
     for k, v in model.state_dict().items():
-        if skip_te and k.startswith("text_encoder."):
-            continue
+        if (skip_te and k.startswith("text_encoder.")) or k.startswith("tokenizer."):
+            continue  # frozen hub models (T5, VAE) are reloaded from their paths, not copied
         if v.numel() and v.data_ptr() in seen:  # tied weights (T5's shared/embed_tokens) are stored once
             continue
         seen.add(v.data_ptr())
@@ -189,7 +189,7 @@ def load_state_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
     unknown = [k for k in tensors if k not in own]
     if bad_shape or unknown:
         raise UserError(f"{where}: weights do not fit the model (shape mismatch: {bad_shape[:5]}, unknown: {unknown[:5]})")
-    missing = [k for k in own if k not in tensors and not k.startswith("text_encoder.")]
+    missing = [k for k in own if k not in tensors and not k.startswith(("text_encoder.", "tokenizer."))]
     if strict_keys and missing:
         raise UserError(f"{where}: weights missing for {missing[:5]}")
     model.load_state_dict(tensors, strict=False)

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -337,6 +336,13 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
             log_now = done % tc.log_every == 0 or done == tc.iterations
             ckpt_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == tc.iterations
             if log_now or ckpt_now or done in eval_steps:
+                if world > 1:  # every rank sees the same flag and the global mean loss
+                    import torch.distributed as dist
+
+                    flags = torch.stack([bad.float(), loss_acc])
+                    dist.all_reduce(flags)
+                    bad = flags[0] > 0
+                    loss_acc = flags[1] / world
                 if bool(bad):  # one host sync per log interval, and always before saving
                     raise NonFiniteLossError(
                         f"non-finite loss between steps {done - n_acc // tc.grad_accum + 1} and {done}; "
