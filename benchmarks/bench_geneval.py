@@ -132,7 +132,7 @@ def render_section(results: list[dict], quick: bool) -> str:
     row("classifier build, cold (render + fit) / warm (npz refit)", lambda r: f"{r['cold']:.1f} s / {r['warm']:.2f} s ({r['n_train']} renders)")
     row("scoring speed (detect + rules)", lambda r: f"{r['speed']:.0f} images/s")
     lines += ["",
-              "Reading: the detector is exact on teacher renders (the ≥ 0.97 requirement) and collapses on shuffled",
+              "Reading: the detector is (near-)exact on teacher renders (requirement: ≥ 0.97) and collapses on shuffled",
               "images, so a student's score measures its images, not the detector. It is trained on clean renders",
               "only: blur and pixel noise turn anti-aliased edges into spurious colour fragments and shift masks,",
               "so scores on corrupted images are a lower bound of what a (slightly blurry) student can reach.", ""]

@@ -175,6 +175,27 @@ def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
     assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(54)]
     r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code == 2 and "checkpoint not found" in r.output
+    r = runner.invoke(app, ["geneval", "sample", "--out", str(out)])
+    assert r.exit_code == 2 and "exactly one of --checkpoint PATH or --teacher" in r.output
+
+
+def test_cli_teacher_sample_evaluate_shuffle(setup, tmp_path):
+    """The 'done when' check through the CLI: teacher renders score >= 0.97, shuffled images collapse."""
+    _, _, sets = setup
+    opts = sum((["--set", s] for s in sets), [])
+    out = tmp_path / "teacher"
+    r = runner.invoke(app, ["geneval", "sample", "--teacher", "--out", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["geneval", "evaluate", str(out), *opts])
+    assert r.exit_code == 0, r.output
+    overall = float(r.output.split("Overall score (avg. over tasks): ")[1].split()[0])
+    assert overall >= 0.97
+    # shuffle the prompt folders' metadata: every image is now scored against another prompt
+    metas = [(d / "metadata.jsonl").read_text() for d in sorted(out.glob("0*"))]
+    for d, m in zip(sorted(out.glob("0*")), metas[7:] + metas[:7]):
+        (d / "metadata.jsonl").write_text(m)
+    r = runner.invoke(app, ["geneval", "evaluate", str(out), *opts])
+    assert float(r.output.split("Overall score (avg. over tasks): ")[1].split()[0]) < 0.35
 
 
 def test_config_field_detector_train_images():

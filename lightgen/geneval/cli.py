@@ -52,30 +52,44 @@ def prompts(
 @app.command("sample")
 @user_errors
 def sample(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint folder (or a run folder: its newest checkpoint)."),
     out: Path = typer.Option(..., "--out", help="Output folder in GenEval's layout."),
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset/YAML (default: the checkpoint's config)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint folder (or a run folder: its newest checkpoint)."),
+    teacher: bool = typer.Option(False, "--teacher", help="Toy world: render the prompts with the teacher instead (reference images)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset/YAML (default: the checkpoint's config; smoke with --teacher)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Default: eval.images_per_prompt (4)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
 ) -> None:
-    """Sample images for the configured prompt set in GenEval's folder layout."""
-    load_checkpoint, sample_images = _model_api()
+    """Sample images for the configured prompt set in GenEval's folder layout (from a checkpoint or the toy teacher)."""
     from lightgen.config import load_config
     from lightgen.geneval.evaluate import prompt_set as get_prompts
     from lightgen.geneval.evaluate import sample_to_folder
     from lightgen.geneval.prompts import write_prompt_files
 
-    if not checkpoint.exists():
-        raise UserError(f"checkpoint not found: {checkpoint}")
-    model, ckpt_cfg = load_checkpoint(checkpoint)
-    cfg = config_from_cli(config, sets) if config else load_config(ckpt_cfg.model_dump(mode="json"), sets or [])
+    if (checkpoint is None) == (not teacher):
+        raise UserError("give exactly one of --checkpoint PATH or --teacher")
+    if teacher:
+        cfg = config_from_cli(config or "smoke", sets)
+        world = _world(cfg)
+        if world is None:
+            raise UserError("--teacher needs the toy world (world.kind=toy)")
+        metas = get_prompts(cfg, world)
+        by_prompt = {m["prompt"]: m for m in metas}
+
+        def sampler(prompts: list[str], seeds: list[int]):
+            return world.render([by_prompt[p] for p in prompts], cfg.data.resolution, seeds)
+    else:
+        load_checkpoint, sample_images = _model_api()
+        if not checkpoint.exists():
+            raise UserError(f"checkpoint not found: {checkpoint}")
+        model, ckpt_cfg = load_checkpoint(checkpoint)
+        cfg = config_from_cli(config, sets) if config else load_config(ckpt_cfg.model_dump(mode="json"), sets or [])
+        metas = get_prompts(cfg, _world(cfg))
+
+        def sampler(prompts: list[str], seeds: list[int]):
+            return sample_images(model, prompts, cfg.eval, seeds=seeds)
+
     n = images_per_prompt or cfg.eval.images_per_prompt
-    metas = get_prompts(cfg, _world(cfg))
-
-    def sampler(prompts: list[str], seeds: list[int]):
-        return sample_images(model, prompts, cfg.eval, seeds=seeds)
-
     sample_to_folder(sampler, metas, out, n, seed, cfg.eval.batch_size)
     write_prompt_files(metas, out)
     echo(f"wrote {len(metas)} prompts x {n} images to {out}")
