@@ -42,22 +42,25 @@ gradient's scale), so while β·|m| ≪ 1 the loss is ≈ log 2 − β·m/2 and 
 (push ℓθ(w) down and ℓθ(l) up). β acts only once β·|m| reaches ~1: pairs whose margin is already
 positive get down-weighted by σ(−β·m), which stops the policy drifting — the KL-like regulariser.
 So the useful β range is around 1/|m| for the margins a run actually reaches. Measured on a toy
-checkpoint (``tiny``, 32 px, smoke world with 1,000 images, 200 pre-training steps of batch 32; 64 pairs,
-batch 16, 20 steps, EMA base weights; ``experiments/dpo_beta_scale.py``, CPU, 2026-11-23):
+checkpoint (``tiny`` (width 96), 32 px, smoke world with 1,000 images, 1,500 pre-training steps of batch
+32, final loss 0.044; 64 pairs, batch 16, 20 steps, EMA base weights; ``experiments/dpo_beta_scale.py``,
+CPU, 2026-11-23):
 
-  ℓ at the base             ℓ(w) = 0.061, ℓ(l) = 0.042 (the student denoises its own samples better);
-                            per-pair gap ℓ(w) − ℓ(l) = 0.019 ± 0.018 across pairs; one pair's ℓ moves
-                            by ±0.012 between noise draws (why the draw must be shared).
-  lr 1e-8 (paper), β 5000   |m| = 7e-7 after 10 steps, 2.2e-6 after 20 → β·|m| ≈ 0.01, loss 0.688 ≈ log 2:
-                            the linear regime, β has no effect; β·|m| ≈ 1 would need β ≈ 5e5.
-  lr 1e-5, β 5000           |m| = 7e-4 (10 steps), 1.8e-3 (20) → β·|m| ≈ 9, loss 0.018: saturated.
-  lr 1e-5, β 50             |m| = 7.5e-4, 2.4e-3 → β·|m| ≈ 0.1, loss 0.635; Δw = +0.006, Δl = +0.009:
-                            both errors rise (the margin grows by pushing losers up), about 2× more
-                            than at β 5000 (Δw = +0.003, Δl = +0.004): saturation is the regulariser.
-  SFT (same steps, lr 1e-5) Δw = −2e-4, Δl = −6e-5, reward accuracy 0.75.
+  ℓ at the base             ℓ(w) = 0.0432, ℓ(l) = 0.0431; per-pair gap ℓ(w) − ℓ(l) = 0.000 ± 0.009
+                            across pairs; one pair's ℓ moves by ±0.009 between noise draws — as much
+                            as the gap between pairs, which is why the draw must be shared.
+  lr 1e-8 (paper), β 5000   |m| = 4.6e-7 after 10 steps, 1.4e-6 after 20 → β·|m| ≈ 0.007, loss 0.690 ≈
+                            log 2: the linear regime, β has no effect; β·|m| ≈ 1 would need β ≈ 7e5.
+  lr 1e-5, β 5000           |m| = 3.9e-4 (10 steps), 1.1e-3 (20) → β·|m| ≈ 5, loss 0.042: saturated.
+  lr 1e-5, β 50             |m| = 4.2e-4, 1.25e-3 → β·|m| ≈ 0.06, loss 0.663; Δw = +5.8e-4,
+                            Δl = +1.8e-3: both errors rise (the margin grows by pushing losers up),
+                            ~20 % more than at β 5000 (Δw = +4.6e-4, Δl = +1.5e-3): saturation is the
+                            regulariser.
+  SFT (same steps, lr 1e-5) Δw = −2.5e-4, Δl = +5e-5, reward accuracy 0.94 (more distillation on the
+                            winners alone already separates the pairs).
 
 |m| grows with lr × steps, so β and (lr, iterations) are coupled: sweep β at a fixed lr/iteration budget,
-log-spaced over 0.1/|m| … 10/|m| of that budget (here: β ≈ 50 … 1e4 at lr 1e-5 × 20 steps, β ≈ 5e4 … 1e7
+log-spaced over 0.1/|m| … 10/|m| of that budget (here: β ≈ 100 … 2.5e4 at lr 1e-5 × 20 steps, β ≈ 7e4 … 2e7
 at the paper's 1e-8); ``dpo/abs_margin`` of a first run gives |m|. At our loss scale the paper's
 β = 5000 with lr 1e-8 is in the β-insensitive regime.
 """
