@@ -471,14 +471,16 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
         trial.set_user_attr("worker_host", socket.gethostname())
         trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         cfg = plan.job_config(job)
-        value = run_fn(
-            cfg,
-            plan=plan,
-            job=job,
-            parent_run_id=parent_run_id,
-            tracking_uri=tracking_uri,
-            trial=trial,
-        )
+        try:
+            value = run_fn(cfg, plan=plan, job=job, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+                           trial=trial)
+        except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
+            trial.set_user_attr("lightgen.permanent", True)
+            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            raise
+        except Exception as e:
+            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            raise
         return float(value)
 
     while True:

@@ -29,10 +29,6 @@ from lightgen.tracking import (
 GRID_PROMPTS = 8  # sample grids: the same first prompts × seed 0 in every run of a sweep
 
 
-class PermanentTrialError(RuntimeError):
-    """A failure that a retry cannot fix (NaN loss, bad input): the job is not retried."""
-
-
 def checkpoint_dir(cfg: ExperimentConfig, point_id: str, seed: int) -> Path:
     return Path(cfg.tracking.root) / "checkpoints" / point_id / f"seed{seed}"
 
@@ -107,7 +103,8 @@ def log_sample_grid(cfg: ExperimentConfig, world: Any, sampler: Callable, tracke
     from lightgen.geneval.evaluate import prompt_set
     from lightgen.utils import image_grid_png
 
-    prompts = [m["prompt"] for m in prompt_set(cfg, world)[:GRID_PROMPTS]]
+    metas = prompt_set(cfg, world)
+    prompts = [m["prompt"] for m in metas[:: max(1, len(metas) // GRID_PROMPTS)][:GRID_PROMPTS]]  # every task
     images = sampler(prompts, [0] * len(prompts))
     tracker.log_image(_png_to_array(image_grid_png(images, prompts, ncol=4)), f"samples/grid_step{step:07d}.png")
 
@@ -121,13 +118,13 @@ def _png_to_array(png: bytes) -> np.ndarray:
 
 
 def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, *, mode: str = "train",
-                       base: str | None = None) -> dict[str, float]:
+                       base: str | None = None, progress: bool = False) -> dict[str, float]:
     """The pipeline of one run. Returns the final GenEval summary."""
     from lightgen.data import get_dataset
 
     t0 = time.time()
     world = make_world(cfg)
-    ds = get_dataset(cfg, progress=False)
+    ds = get_dataset(cfg, progress=progress)
     log_dataset(tracker, ds, cfg)
     eval_root = Path(cfg.tracking.root) / "geneval" / tracker.run_id
     summaries: dict[int, dict[str, float]] = {}
@@ -152,12 +149,15 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
         result = train(cfg, ds, ckpt_dir, tracker=tracker, eval_hook=hook)
     if result.step in summaries:
         final = summaries[result.step]
-    else:
+    elif cfg.eval.enabled:
         final = evaluate(cfg, world, result.sampler, eval_root / "final", tracker, result.step)
+    else:
+        final = {}
+    if result.step not in summaries:
         log_sample_grid(cfg, world, result.sampler, tracker, result.step)
     tracker.log_metrics({"compute/wall_seconds": time.time() - t0}, step=result.step)
     tracker.flush(synchronous=True)
-    return final
+    return {**final, "step": result.step}
 
 
 def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str, tracking_uri: str,
@@ -182,17 +182,10 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
     with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
+        tracker.set_tags({"lightgen.checkpoint": str(ckpt_dir)})
         tracker.log_params({"lightgen.point_label": job.point.label, "lightgen.arm": job.point.arm,
                             "lightgen.sweep": plan.sweep.name, **({"dpo.base_run_id": base_run} if base else {})})
-        try:
-            summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode=plan.sweep.mode, base=base)
-        except FloatingPointError as e:  # NaN/inf loss: deterministic, do not retry
-            trial.set_user_attr("lightgen.permanent", True)
-            trial.set_user_attr("lightgen.failure", str(e)[:1000])
-            raise
-        except Exception as e:
-            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
-            raise
+        summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode=plan.sweep.mode, base=base)
     value = summary.get(plan.sweep.objective)
     if value is None:
         raise KeyError(f"objective {plan.sweep.objective!r} not among the logged metrics {sorted(summary)}")

@@ -180,8 +180,11 @@ def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
     res = subprocess.run(_sweep_cmd(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 1  # the sweep did not finish every point, and says so
     runs = _runs(tmp_path)
-    failed = runs[runs["status"] == "FAILED"]
+    trials = runs[runs["tags.lightgen.kind"] == "trial"]
+    failed = trials[trials["status"] == "FAILED"]
     assert len(failed) == 1 and "NaN" in failed["tags.lightgen.failure"].iloc[0]
+    parent = runs[runs["tags.lightgen.kind"] == "sweep"]
+    assert parent["status"].iloc[0] == "FAILED"  # the sweep says it is incomplete
     assert (runs[runs["tags.lightgen.kind"] == "trial"]["status"] == "FINISHED").sum() == 4
     # a permanent failure is not retried by a re-run
     res = subprocess.run(_sweep_cmd(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

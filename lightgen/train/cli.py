@@ -14,14 +14,6 @@ def checkpoint_dir(cfg) -> Path:
     return cfg.root_path() / "checkpoints" / cfg.point_id() / f"seed{cfg.seed}"
 
 
-def _get_dataset(cfg):
-    try:
-        from lightgen.data import get_dataset
-    except ImportError:
-        raise UserError("the data layer (lightgen.data.get_dataset) is not available in this version") from None
-    return get_dataset(cfg, progress=True)
-
-
 @user_errors
 def train(
     config: str = typer.Argument(..., help="Experiment YAML or preset name (smoke, lab, paper)."),
@@ -30,28 +22,23 @@ def train(
     experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment or 'lightgen-train')."),
 ) -> None:
     """Pre-train the MAR student on a dataset, tracked in MLflow (resumes from the newest checkpoint)."""
+    cfg = config_from_cli(config, sets)  # validate before the heavy imports: bad input fails at once
     from lightgen import tracking
-    from lightgen.train.pretrain import NonFiniteLossError, train as run_train
-    from lightgen.utils import image_grid_png
+    from lightgen.train.pretrain import NonFiniteLossError
+    from lightgen.trial import train_and_evaluate
 
-    cfg = config_from_cli(config, sets)
-    ds = _get_dataset(cfg)
     out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg)
     exp = experiment or cfg.tracking.experiment or "lightgen-train"
     try:
         with tracking.tracked_run(cfg, experiment=exp, kind="train") as tracker:
-            result = run_train(cfg, ds, out, tracker=tracker)
-            captions = ds.get_batch(list(range(min(8, len(ds)))))["captions"]
-            images = result.sampler(captions, list(range(len(captions))))
-            import io
-
-            from PIL import Image
-
-            tracker.log_image(Image.open(io.BytesIO(image_grid_png(images, captions))), "samples/final.png")
+            tracker.set_tags({"lightgen.checkpoint": str(out)})
+            summary = train_and_evaluate(cfg, tracker, out, mode="train", progress=True)
     except NonFiniteLossError as e:
         fail(str(e), code=1)
-    echo(f"trained to step {result.step}; checkpoint {result.checkpoint}")
-    echo(f"final loss {result.metrics['train/loss']:.4f}")
+    echo(f"trained to step {summary.get('step', '?')}; checkpoints in {out}; MLflow run {tracker.run_id}")
+    if "geneval/overall" in summary:
+        echo(f"GenEval overall {summary['geneval/overall']:.3f} "
+             f"[{summary['geneval/overall_ci_low']:.3f}, {summary['geneval/overall_ci_high']:.3f}]")
 
 
 def _load_rgb(path: str, size: int):
