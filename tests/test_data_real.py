@@ -16,52 +16,13 @@ from lightgen.data import get_dataset  # noqa: E402
 from lightgen.data.real import cluster_captions, read_captions, selection_order  # noqa: E402
 from lightgen.world.toy import ToyWorld  # noqa: E402
 
-WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "photo", "of", "red", "blue", "circle", "star", "two", "stars",
-         "and", "ring", "left", "right", "green", "square"]
-
-
-def _tokenizer(max_len):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", model_max_length=max_len)
+from tests.tiny_models import WORDS, build_generation_models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """A tiny random StableDiffusionPipeline, AutoencoderKL and T5 encoder, saved to folders."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("models")
-    te = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=8, projection_dim=16,
-                                      pad_token_id=0, bos_token_id=2, eos_token_id=3))
-    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(8, 16),
-                                layers_per_block=1, cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
-
-    def vae():
-        return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                             norm_num_groups=4, sample_size=32)
-
-    pipe = StableDiffusionPipeline(vae=vae(), text_encoder=te, tokenizer=_tokenizer(8), unet=unet,
-                                   scheduler=DDIMScheduler(num_train_timesteps=50), safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(root / "teacher")
-    vae().save_pretrained(root / "vae")
-    t5 = T5EncoderModel(T5Config(vocab_size=len(WORDS), d_model=16, d_kv=4, num_heads=2, num_layers=1, d_ff=32,
-                                 pad_token_id=0, eos_token_id=3, decoder_start_token_id=0))
-    t5.save_pretrained(root / "t5")
-    _tokenizer(12).save_pretrained(root / "t5")
-    return root
+    return build_generation_models(tmp_path_factory.mktemp("models"))
 
 
 CAPTIONS = ["a red circle", "two stars", "a blue star", "a red circle and a blue star", "a green square",

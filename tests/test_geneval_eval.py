@@ -201,7 +201,7 @@ def test_cli_teacher_sample_evaluate_shuffle(setup, tmp_path):
 def test_config_field_detector_train_images():
     from lightgen.config import ConfigError
 
-    assert load_config("smoke").eval.detector_train_images == 2400
+    assert load_config("smoke").eval.detector_train_images == 1200
     assert load_config("smoke", ["eval.detector_train_images=500"]).eval.detector_train_images == 500
     with pytest.raises(ConfigError, match="eval.detector_train_images"):
         load_config("smoke", ["eval.detector_train_images=10"])

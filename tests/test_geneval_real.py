@@ -11,46 +11,13 @@ from lightgen.geneval.evaluate import evaluate_images
 from lightgen.geneval.prompts import COCO_CLASSES
 from lightgen.geneval.real_detector import GREY, RealDetector, coco_names, masked_crop
 from lightgen.geneval.rules import COLORS
+from tests.tiny_models import build_detector_models
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """Save tiny random checkpoints the way real ones are laid out, so from_pretrained is exercised."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer,
-                              Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
-                              Mask2FormerImageProcessor, SwinConfig)
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_real")
-    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
-                      window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
-    names = {i: n for i, n in enumerate(COCO_CLASSES)}
-    seg_cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32, hidden_dim=32,
-                                encoder_feedforward_dim=32, encoder_layers=1, decoder_layers=2, num_attention_heads=2,
-                                dim_feedforward=32, num_queries=8, id2label=names,
-                                label2id={n: i for i, n in names.items()})
-    Mask2FormerForUniversalSegmentation(seg_cfg).save_pretrained(root / "seg")
-    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(root / "seg")
-    # a character-level CLIP BPE vocabulary (no merges): every byte char alone and as a word end
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
-    (root / "clip").mkdir()
-    (root / "clip" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "clip" / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(root / "clip" / "vocab.json"), str(root / "clip" / "merges.txt"))
-    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-    clip_cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2),
-        projection_dim=8)
-    CLIPModel(clip_cfg).save_pretrained(root / "clip")
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(root / "clip")
-    return root
+    return build_detector_models(tmp_path_factory.mktemp("tiny_real"))
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,6 @@ def test_sweep_on_postgres_storage(postgres_url, tmp_path):
     trials = optuna.load_study(study_name=summary.study_name, storage=postgres_url).get_trials()
     done = [t.user_attrs["lightgen.job"] for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 5 and len(set(done)) == 5
-    assert time.time() - t0 < 300
     # the same command again (as a second node would run it) joins the study and finds nothing to do
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "5 done, 0 enqueued" in res.stdout + res.stderr

@@ -251,10 +251,9 @@ def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch
     from lightgen.model.mar import LightGenMAR
     from lightgen.train import cli as train_cli
 
-    monkeypatch.setattr(train_cli, "_get_dataset", lambda cfg: ds)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [x for o in [*MICRO, "train.iterations=2", f"tracking.tracking_uri={uri}", f"tracking.root={tmp_path}",
-                        "tracking.experiment=t"] for x in ("--set", o)]
+                        "tracking.experiment=t", "data.scale=50k", "eval.enabled=false"] for x in ("--set", o)]
     r = CliRunner().invoke(app, ["train", "smoke", *sets])
     assert r.exit_code == 0, r.output
     client = MlflowClient(uri)

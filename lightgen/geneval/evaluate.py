@@ -187,7 +187,13 @@ def prompt_set(cfg: Any, world: Any = None) -> list[dict[str, Any]]:
     from lightgen.geneval.prompts import official_prompts, toy_prompts
 
     if cfg.eval.prompt_set == "official":
-        return official_prompts()
+        prompts = official_prompts()
+        if cfg.eval.n_prompts:  # the first n of each task: a quick, clearly partial pass (CI, rehearsals)
+            per_task: dict[str, list[dict[str, Any]]] = {}
+            for p in prompts:
+                per_task.setdefault(p["tag"], []).append(p)
+            prompts = [p for group in per_task.values() for p in group[: cfg.eval.n_prompts]]
+        return prompts
     if world is None:
         raise UserError("eval.prompt_set=toy needs the toy world (world.kind=toy)")
     return toy_prompts(world, cfg.eval.n_prompts or None, seed=cfg.world.seed)
