@@ -171,3 +171,16 @@ def test_corrupt_shard_is_named(files, tmp_path):
 
 def test_corpus_size():
     assert len(CASES) + 1 >= 30
+
+
+@pytest.mark.parametrize("name", ["../../outside.safetensors", "/etc/passwd", "sub/dir.safetensors", ""])
+def test_manifest_cannot_point_outside_its_folder(tmp_path, name):
+    from lightgen.cliutil import UserError
+    from lightgen.data.store import ShardReader
+
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    reader = ShardReader(folder, [{"file": name, "bytes": 1, "sha256": "0", "start": 0, "count": 1}])
+    with pytest.raises(UserError, match="refusing"):
+        reader._check(reader.entries[0])

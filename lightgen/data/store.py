@@ -102,6 +102,21 @@ class Records:
         return self.columns.get(key, self.columns.get(f"json:{key}"))
 
 
+def shard_path(folder: Path, name: Any) -> Path:
+    """A manifest's shard entry as a path inside the dataset folder; anything else is refused.
+
+    A manifest is data from disk (maybe from another machine): a name like ``../../etc/x`` or an absolute
+    path must never make the reader open a file outside its folder.
+    """
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or Path(name).name != name:
+        raise UserError(f"dataset manifest {folder / MANIFEST}: shard entry {name!r} is not a plain file name "
+                        f"inside the dataset folder; refusing it")
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"dataset manifest {folder / MANIFEST}: shard {name!r} points outside {folder}; refusing it")
+    return path
+
+
 class ShardReader:
     """Reads shards listed in a manifest, verifying size and checksum once per shard and process."""
 
@@ -114,10 +129,10 @@ class ShardReader:
         self._maps: dict[tuple[str, str], np.ndarray] = {}
 
     def _check(self, entry: dict) -> Path:
-        path = self.folder / entry["file"]
         name = entry["file"]
         if name in self._verified:
-            return path
+            return self.folder / name
+        path = shard_path(self.folder, name)
         if not path.is_file():
             raise UserError(f"dataset shard {path} is missing (listed in {self.folder / MANIFEST}); delete the "
                             f"folder or rebuild with `lightgen data build`")
