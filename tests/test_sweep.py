@@ -204,3 +204,54 @@ def test_unknown_gpu_is_rejected(tmp_path):
                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--gpus names GPU 7" in res.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.fault
+def test_four_workers_on_one_study(tmp_path):
+    """Four workers on one study: no grid point lost or run twice; one FINISHED child run per point."""
+    env = _env({"LIGHTGEN_FAKE_STEPS": "3", "LIGHTGEN_FAKE_STEP_SECONDS": "0.05"})
+    res = subprocess.run(_sweep_cmd("--workers", "4"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    _assert_each_job_once(tmp_path)
+    from optuna.trial import TrialState
+
+    ran = [t for t in _trials(tmp_path) if t.state == TrialState.COMPLETE]
+    assert len({t.user_attrs["worker_pid"] for t in ran}) >= 2  # the work was shared
+
+
+@pytest.mark.fault
+def test_killed_sweep_continues_when_run_again(tmp_path):
+    """SIGKILL the launcher and its workers mid-sweep; the same command again finishes the sweep without
+    redoing finished points, resuming the interrupted one from its checkpoint."""
+    env = _env({"LIGHTGEN_FAKE_STEPS": "20", "LIGHTGEN_FAKE_STEP_SECONDS": "0.1"})
+    launcher = subprocess.Popen(_sweep_cmd("--workers", "1"), cwd=tmp_path, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "mlruns" / "checkpoints"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:  # wait until one point is done and another is half-way
+            states = []
+            for f in ckpts.glob("*/seed0/fake_state.json"):
+                try:
+                    states.append(json.loads(f.read_text()))
+                except (OSError, json.JSONDecodeError):
+                    pass
+            if any(s.get("done") for s in states) and any(not s.get("done") and s["step"] >= 3 for s in states):
+                break
+            time.sleep(0.2)
+        os.killpg(launcher.pid, signal.SIGKILL)  # the whole sweep: launcher and workers
+    finally:
+        launcher.wait(timeout=60)
+    finished_before = {str(f) for f in ckpts.glob("*/seed0/fake_state.json") if json.loads(f.read_text()).get("done")}
+    assert finished_before
+    res = subprocess.run(_sweep_cmd("--workers", "1"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(finished_before)} done" in res.stdout + res.stderr
+    _assert_each_job_once(tmp_path)
+    for f in ckpts.glob("*/seed0/fake_state.json"):
+        st = json.loads(f.read_text())
+        if str(f) in finished_before:
+            assert len(st["starts"]) == 1  # not redone
+        assert st["done"] and all(s < 20 for s in st["starts"])
+    resumed = [json.loads(f.read_text()) for f in ckpts.glob("*/seed0/fake_state.json")]
+    assert any(len(s["starts"]) == 2 and s["starts"][1] >= 3 for s in resumed)  # continued from its checkpoint
