@@ -274,6 +274,7 @@ def tracked_run(
     def _on_term(signum: int, frame: Any) -> None:  # turn SIGTERM into KeyboardInterrupt → KILLED
         raise KeyboardInterrupt(f"signal {signum}")
 
+    monitor = _system_metrics_monitor(cfg, run_id, uri)
     in_main = _is_main_thread()
     if in_main:
         signal.signal(signal.SIGTERM, _on_term)
@@ -288,8 +289,24 @@ def tracked_run(
     else:
         tracker.end("FINISHED")
     finally:
+        if monitor is not None:
+            monitor.finish()
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _system_metrics_monitor(cfg: Any, run_id: str, uri: str) -> Any:
+    """MLflow's CPU/GPU/memory sampler for the run when ``tracking.log_system_metrics`` (needs psutil)."""
+    if not getattr(getattr(cfg, "tracking", None), "log_system_metrics", False):
+        return None
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as e:  # psutil (and pynvml for GPUs) are optional
+        print(f"warning: tracking.log_system_metrics needs psutil ({e}); not logging system metrics", file=sys.stderr)
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def _safe_end(tracker: Tracker, status: str, reason: str) -> None:
