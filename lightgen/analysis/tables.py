@@ -391,7 +391,7 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     notes = [f"Sweep '{sweep}', world {first['world']}, prompt set {first['prompt_set']}; cells are means "
              "over seeds; p: paired sign-flip test over shared prompts (exact when few prompts differ), "
              "Holm-adjusted over the table's tests.",
-             "Seen/Unseen: prompts whose composition was / was not held out of training (toy prompt sets)."]
+             "Seen / Unseen: prompts whose compositions all occur in training / that use a composition held out of every training set (toy prompt sets)."]
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
     numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
