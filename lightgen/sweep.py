@@ -615,7 +615,6 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
         if status == "FINISHED" and summary["pending"] > 0:
             status = "FAILED" if summary["failed_points"] else "RUNNING"
         with contextlib.suppress(Exception):
-            client.log_batch(parent, metrics=[], tags=[])
             from mlflow.entities import Metric
 
             client.log_batch(parent, metrics=[
@@ -713,7 +712,7 @@ def dry_run(plan: Plan) -> dict[str, Any]:
 
 def _flops_per_sample(cfg: ExperimentConfig) -> float:
     """6 × parameters × tokens: a standard transformer training estimate (forward + backward)."""
-    params = {"tiny": 2e6, "small": 40e6, "L": 792e6}[cfg.model.size]
+    params = {"tiny": 1.1e6, "small": 78e6, "L": 792e6}[cfg.model.size]  # as built by lightgen.model
     tokens = (cfg.data.resolution // (cfg.model.patch_size * (8 if cfg.model.tokenizer == "vae" else 1))) ** 2
     return 6.0 * params * tokens
 
