@@ -7,7 +7,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def image_grid_png(images: Any, captions: list[str] | None = None, ncol: int = 8) -> bytes:
@@ -55,3 +55,24 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, object)`` for each non-blank line of a JSONL file, ``where`` being ``path:line``.
+
+    A line that is not JSON raises ``UserError("<path>:<line>: not valid JSON (…)")``, so every reader
+    of the studio's JSONL files (GenEval metadata and results, DPO pairs) reports bad input the same way.
+    """
+    import json
+
+    from lightgen.cliutil import UserError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not valid JSON ({e.msg})") from None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lightgen.utils import write_atomic
+from lightgen.utils import iter_jsonl, write_atomic
 
 #: The 80 COCO classes in COCO order, with GenEval's names.
 COCO_CLASSES: tuple[str, ...] = (
@@ -163,16 +163,9 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
 
     path = Path(path)
     specs = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                spec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            validate_spec(spec, where=f"{path}:{lineno}")
-            specs.append(spec)
+    for where, spec in iter_jsonl(path):
+        validate_spec(spec, where=where)
+        specs.append(spec)
     if not specs:
         raise UserError(f"{path}: no prompts found")
     return specs

@@ -24,20 +24,15 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a results.jsonl (ours or the official evaluator's pandas output); clear errors on bad rows."""
     from lightgen.cliutil import UserError
 
+    from lightgen.utils import iter_jsonl
+
     path = Path(path)
     rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in ("tag", "correct", "metadata") if k not in row]
-            if missing:
-                raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)} (not a GenEval results file?)")
-            rows.append(row)
+    for where, row in iter_jsonl(path):
+        missing = [k for k in ("tag", "correct", "metadata") if k not in row]
+        if missing:
+            raise UserError(f"{where}: missing field(s) {', '.join(missing)} (not a GenEval results file?)")
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no results found")
     return rows

@@ -91,6 +91,7 @@ from lightgen.train.pretrain import (
     EMA, DataOrder, NonFiniteLossError, TrainResult, _step_generators, autocast_dtype, ema_decay_at,
     param_groups, resolve_device,
 )
+from lightgen.utils import iter_jsonl
 
 Sampler = Callable[[list[str], list[int]], np.ndarray]
 PAIRS_FILE = "pairs.jsonl"
@@ -204,27 +205,19 @@ def load_pairs(path: str | Path, resolution: int | None = None) -> PairSet:
     captions: list[str] = []
     wins: list[np.ndarray] = []
     loses: list[np.ndarray] = []
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{where}: each line must be a JSON object")
-            missing = [k for k in ("pos_image_path", "neg_image_path", "caption") if k not in row]
-            if missing:
-                raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
-            if not isinstance(row["caption"], str):
-                raise UserError(f"{where}: 'caption' must be a string, got {row['caption']!r}")
-            pos = _inside(folder, row["pos_image_path"], where, "pos_image_path")
-            neg = _inside(folder, row["neg_image_path"], where, "neg_image_path")
-            captions.append(row["caption"])
-            wins.append(_read_image(pos, resolution, where))
-            loses.append(_read_image(neg, resolution, where))
+    for where, row in iter_jsonl(p):
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: each line must be a JSON object")
+        missing = [k for k in ("pos_image_path", "neg_image_path", "caption") if k not in row]
+        if missing:
+            raise UserError(f"{where}: missing field(s) {', '.join(missing)}")
+        if not isinstance(row["caption"], str):
+            raise UserError(f"{where}: 'caption' must be a string, got {row['caption']!r}")
+        pos = _inside(folder, row["pos_image_path"], where, "pos_image_path")
+        neg = _inside(folder, row["neg_image_path"], where, "neg_image_path")
+        captions.append(row["caption"])
+        wins.append(_read_image(pos, resolution, where))
+        loses.append(_read_image(neg, resolution, where))
     if not captions:
         raise UserError(f"{p}: no pairs in the file")
     sizes = {im.shape for im in wins + loses}
