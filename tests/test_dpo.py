@@ -24,14 +24,9 @@ from lightgen.train.squares import SquaresDataset
 
 torch.set_num_threads(1)
 
-MICRO = [
-    "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
-    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
-    "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
-    "train.batch_size=4", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3", "train.num_threads=1",
-    "eval.num_iter=2", "eval.diffusion_steps=2", "eval.batch_size=8",
-    "dpo.num_pairs=8", "dpo.batch_size=4", "dpo.iterations=3", "dpo.lr=1e-4",
-]
+from tests.tiny_models import MICRO as _MICRO  # noqa: E402
+
+MICRO = [*_MICRO, "eval.batch_size=8", "dpo.num_pairs=8", "dpo.batch_size=4", "dpo.iterations=3", "dpo.lr=1e-4"]
 
 
 def cfg_with(root, *extra: str):

@@ -12,14 +12,11 @@ from lightgen.model.sampling import sample_images
 from lightgen.model.tokenizers import LatentTokenizer, PatchTokenizer, VAETokenizer
 from lightgen.train.squares import SquaresDataset
 
+from tests.tiny_models import MICRO_MODEL  # noqa: E402
+
 torch.set_num_threads(1)
 
-MICRO = [
-    "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
-    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
-    "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
-    "eval.num_iter=4", "eval.diffusion_steps=3", "eval.cfg=2.0", "eval.batch_size=4",
-]
+MICRO = [*MICRO_MODEL, "eval.num_iter=4", "eval.diffusion_steps=3", "eval.cfg=2.0", "eval.batch_size=4"]
 
 
 def micro_cfg(*extra: str):

@@ -11,6 +11,18 @@ import torch
 
 from lightgen.geneval.prompts import COCO_CLASSES
 
+# A model config that trains and samples in seconds on a CPU (tests of the trainer and DPO).
+MICRO_MODEL = [
+    "data.resolution=32", "model.patch_size=8", "model.width=32", "model.heads=2", "model.encoder_depth=1",
+    "model.decoder_depth=1", "model.cross_depth=2", "model.aligner_depth=1", "model.head_width=192",
+    "model.head_depth=1", "model.toy_text_width=16", "model.toy_text_depth=1", "model.buffer_size=2",
+]
+MICRO = [
+    *MICRO_MODEL, "train.batch_size=4", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-3", "train.num_threads=1",
+    "eval.num_iter=2", "eval.diffusion_steps=2", "eval.batch_size=4",
+]
+
+
 WORDS = ["<pad>", "<unk>", "<s>", "</s>", "a", "photo", "of", "red", "blue", "circle", "star", "two", "stars",
          "and", "ring", "left", "right", "green", "square"]
 
