@@ -164,6 +164,10 @@ class ModelConfig(_Section):
         "ddpm", description="ddpm = stochastic (DDIM eta=1, temperature scales the noise); ddim = eta 0"
     )
     train_diffusion_steps: int = Field(1000, ge=10, description="DDPM training timesteps (cosine)")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon", description="what the diffusion head predicts (diffusers' names): epsilon (MAR, the paper) or "
+        "v_prediction, which weights the high-noise steps that decide layout (toy pixel tokens need it)"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -193,8 +197,8 @@ class TrainConfig(_Section):
     sample_every: int = Field(0, ge=0)
     num_threads: int = Field(0, ge=0, description="torch CPU threads (0 = torch default)")
     init_from: str | None = Field(
-        None, description="start from this checkpoint's weights (e.g. 256 px → 512 px; position embeddings "
-        "are interpolated when data.resolution differs)"
+        None, description="start from this checkpoint's weights — a checkpoint or run folder, or an MLflow run id "
+        "(e.g. 256 px → 512 px; position embeddings are interpolated when data.resolution differs)"
     )
 
     @field_validator("betas")

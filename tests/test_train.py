@@ -238,6 +238,33 @@ def test_init_from_interpolates_position_embeddings(ds, tmp_path):
                                cfg_with("model.width=64"))
 
 
+def test_init_from_accepts_an_mlflow_run_id(ds, tmp_path):
+    """finetune-512 can start from the 256 px run by its MLflow run id (the run's checkpoint tag)."""
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    from lightgen.model.mar import build_model
+
+    src = train(cfg_with("train.iterations=1", "seed=1"), ds, tmp_path / "src", count_flops=False).checkpoint
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("base")
+    run_id = client.create_run(exp, tags={"lightgen.checkpoint": str(tmp_path / "src")}).info.run_id
+    assert ckpt.resolve_source(run_id, uri, what="train.init_from") == (src, run_id)
+    cfg64 = cfg_with("data.resolution=64", f"train.init_from={run_id}", "train.iterations=1",
+                     f"tracking.tracking_uri={uri}", "train.lr=1e-12")
+    res = train(cfg64, SquaresDataset(8, resolution=64), tmp_path / "ft", count_flops=False)
+    got = load_file(str(res.checkpoint / "model.safetensors"))
+    want = load_file(str(src / "ema.safetensors"))["z_proj.weight"]  # the source was seeded differently
+    assert torch.allclose(got["z_proj.weight"], want, atol=1e-6)
+    assert not torch.allclose(build_model(cfg64, vocab=ds.vocabulary()).z_proj.weight, want, atol=1e-3)
+    empty = client.create_run(exp).info.run_id
+    with pytest.raises(UserError, match="train.init_from .*found no checkpoint"):
+        train(cfg_with(f"train.init_from={empty}", f"tracking.tracking_uri={uri}"), ds, tmp_path / "x", count_flops=False)
+    with pytest.raises(UserError, match="train.init_from 'nope'"):
+        train(cfg_with("train.init_from=nope"), ds, tmp_path / "y", count_flops=False)
+
+
 def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

@@ -173,7 +173,7 @@ class LightGenMAR(nn.Module):
         self.head = DiffusionHead(self.token_dim, w, arch["head_width"], arch["head_depth"])
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=mcfg.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
-            prediction_type="epsilon", clip_sample=False,
+            prediction_type=mcfg.prediction_type, clip_sample=False,
         )
         self.register_buffer(
             "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False
@@ -339,9 +339,13 @@ class LightGenMAR(nn.Module):
         eps = torch.gather(noise.float(), 2, idx[:, None, :, None].expand(-1, mul, -1, d))         # [B, mul, Nm, D]
         a = self.alphas_cumprod[t_m][..., None]
         x_t = a.sqrt() * x0[:, None] + (1 - a).sqrt() * eps  # = DDPMScheduler.add_noise, in one batched op
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = a.sqrt() * eps - (1 - a).sqrt() * x0[:, None]  # = DDPMScheduler.get_velocity
+        else:
+            target = eps
         cond = cond[:, None].expand(-1, mul, -1, -1)
         pred = self.head(x_t.reshape(-1, d).to(cond.dtype), t_m.reshape(-1), cond.reshape(-1, cond.shape[-1]))
-        err = (pred.float().view(b, mul, nm, d) - eps).pow(2).mean(dim=(1, 2, 3))               # [B]
+        err = (pred.float().view(b, mul, nm, d) - target).pow(2).mean(dim=(1, 2, 3))               # [B]
         return err.mean() if reduction == "mean" else err
 
     def forward_loss(self, batch: dict, generator: torch.Generator | None = None,

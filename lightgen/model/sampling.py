@@ -31,7 +31,7 @@ def _scheduler(model: Any, steps: int) -> DDIMScheduler:
     clip = getattr(model.tokenizer, "clip_range", None)
     sched = DDIMScheduler(
         num_train_timesteps=model.noise_scheduler.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
-        prediction_type="epsilon", clip_sample=clip is not None, clip_sample_range=clip or 1.0,
+        prediction_type=model.noise_scheduler.config.prediction_type, clip_sample=clip is not None, clip_sample_range=clip or 1.0,
         set_alpha_to_one=True, timestep_spacing="trailing",
     )
     sched.set_timesteps(steps)

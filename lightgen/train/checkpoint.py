@@ -16,6 +16,7 @@ half-written folder that looks valid.
 from __future__ import annotations
 
 import json
+import re
 import os
 import random
 import shutil
@@ -162,6 +163,57 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise UserError(f"no checkpoint found under {p}")
     _check_safe(cp)
     return cp
+
+
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+TAG_CHECKPOINT = "lightgen.checkpoint"
+
+
+def resolve_source(spec: str | Path, tracking_uri: str | None = None, *, what: str = "checkpoint") -> tuple[Path, str | None]:
+    """A checkpoint folder, run folder or MLflow run id → (checkpoint folder, run id or None).
+
+    ``what`` names the option in errors (``--base``, ``train.init_from``).
+    """
+    p = Path(spec)
+    if p.exists():
+        return resolve_checkpoint(p), None
+    if not RUN_ID_RE.match(str(spec)):
+        raise UserError(f"{what} {str(spec)!r}: neither an existing checkpoint folder nor an MLflow run id (32 hex digits)")
+    return checkpoint_of_run(str(spec), tracking_uri, what=what), str(spec)
+
+
+def checkpoint_of_run(run_id: str, tracking_uri: str | None, *, what: str = "checkpoint") -> Path:
+    """The newest checkpoint of an MLflow run: its ``lightgen.checkpoint`` tag or param, a ``checkpoint``
+    artifact folder, or the default checkpoint folder of its config (``tracking.root``/point/seed)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import TAG_POINT, TAG_SEED, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise UserError(f"{what} {run_id}: no such MLflow run in {uri} ({getattr(e, 'message', e)})") from None
+    tags, params = run.data.tags, run.data.params
+    candidates: list[tuple[str, Path]] = []
+    for where, src in (("tag", tags), ("param", params)):
+        if src.get(TAG_CHECKPOINT):
+            candidates.append((f"{where} {TAG_CHECKPOINT}", Path(src[TAG_CHECKPOINT])))
+    art = run.info.artifact_uri or ""
+    if art.startswith("file://"):
+        art = art[len("file://"):]
+    if art and "://" not in art:
+        candidates.append(("artifact folder 'checkpoint'", Path(art) / "checkpoint"))
+    if params.get("tracking.root") and tags.get(TAG_POINT) and tags.get(TAG_SEED) is not None:
+        candidates.append(("default checkpoint folder of its config",
+                           Path(params["tracking.root"]) / "checkpoints" / tags[TAG_POINT] / f"seed{tags[TAG_SEED]}"))
+    for _, path in candidates:
+        if latest_checkpoint(path) is not None:
+            return resolve_checkpoint(path)
+    tried = "; ".join(f"{w}: {p}" for w, p in candidates) or "nothing to try"
+    raise UserError(f"{what} {run_id}: found no checkpoint for this MLflow run (tried {tried})")
 
 
 def read_state(cp: Path) -> dict[str, Any]:

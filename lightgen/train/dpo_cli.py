@@ -14,7 +14,6 @@ base with tag ``lightgen.base_run_id`` (run ids only), tag ``lightgen.base_check
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,8 +23,7 @@ from typer.core import TyperGroup
 
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
 
-RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-TAG_CHECKPOINT = "lightgen.checkpoint"
+TAG_CHECKPOINT = "lightgen.checkpoint"  # = train.checkpoint.TAG_CHECKPOINT (not imported: no torch at CLI start)
 TAG_BASE_CHECKPOINT = "lightgen.base_checkpoint"
 
 
@@ -50,45 +48,7 @@ def resolve_base(base: str, tracking_uri: str | None = None) -> tuple[Path, str 
     """``--base`` → (checkpoint folder, MLflow run id or None)."""
     from lightgen.train import checkpoint as ckpt
 
-    p = Path(base)
-    if p.exists():
-        return ckpt.resolve_checkpoint(p), None
-    if not RUN_ID_RE.match(base):
-        raise UserError(f"--base {base!r}: neither an existing checkpoint folder nor an MLflow run id (32 hex digits)")
-    return _checkpoint_of_run(base, tracking_uri), base
-
-
-def _checkpoint_of_run(run_id: str, tracking_uri: str | None) -> Path:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from lightgen.tracking import TAG_POINT, TAG_SEED, resolve_tracking_uri
-    from lightgen.train import checkpoint as ckpt
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as e:
-        raise UserError(f"--base {run_id}: no such MLflow run in {uri} ({e.message if hasattr(e, 'message') else e})") from None
-    tags, params = run.data.tags, run.data.params
-    candidates: list[tuple[str, Path]] = []
-    for where, src in (("tag", tags), ("param", params)):
-        if src.get(TAG_CHECKPOINT):
-            candidates.append((f"{where} {TAG_CHECKPOINT}", Path(src[TAG_CHECKPOINT])))
-    art = run.info.artifact_uri or ""
-    if art.startswith("file://"):
-        art = art[len("file://"):]
-    if art and "://" not in art:
-        candidates.append(("artifact folder 'checkpoint'", Path(art) / "checkpoint"))
-    if params.get("tracking.root") and tags.get(TAG_POINT) and tags.get(TAG_SEED) is not None:
-        candidates.append(("default checkpoint folder of its config",
-                           Path(params["tracking.root"]) / "checkpoints" / tags[TAG_POINT] / f"seed{tags[TAG_SEED]}"))
-    for _, path in candidates:
-        if ckpt.latest_checkpoint(path) is not None:
-            return ckpt.resolve_checkpoint(path)
-    tried = "; ".join(f"{w}: {p}" for w, p in candidates) or "nothing to try"
-    raise UserError(f"--base {run_id}: found no checkpoint for this MLflow run (tried {tried})")
+    return ckpt.resolve_source(base, tracking_uri, what="--base")
 
 
 # --------------------------------------------------------------------------------------------------

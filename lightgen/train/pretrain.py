@@ -229,11 +229,15 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         vocab = state.get("vocab")
     else:
         vocab = dataset_vocabulary(dataset) if cfg.model.text_encoder == "toy" else None
-    if resume_from is None and tc.init_from:
-        vocab = ckpt.read_state(ckpt.resolve_checkpoint(tc.init_from)).get("vocab") or vocab
+    init_cp = None
+    if resume_from is None and tc.init_from:  # a checkpoint/run folder or an MLflow run id
+        init_cp, _ = ckpt.resolve_source(tc.init_from, cfg.tracking.tracking_uri, what="train.init_from")
+        vocab = ckpt.read_state(init_cp).get("vocab") or vocab
     model = build_model(cfg, vocab=vocab)
-    if resume_from is None and tc.init_from:
-        ckpt.init_weights_from(model, tc.init_from, cfg)
+    if init_cp is not None:
+        ckpt.init_weights_from(model, init_cp, cfg)
+        if tracker is not None and is_main:
+            tracker.set_tags({"lightgen.init_checkpoint": str(Path(init_cp).resolve())})
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))
