@@ -164,6 +164,10 @@ class ModelConfig(_Section):
         "ddpm", description="ddpm = stochastic (DDIM eta=1, temperature scales the noise); ddim = eta 0"
     )
     train_diffusion_steps: int = Field(1000, ge=10, description="DDPM training timesteps (cosine)")
+    pos_embed_init: Literal["normal", "sincos"] = Field(
+        "normal", description="initial image position embeddings (learned either way): normal = N(0, 0.02) as in "
+        "MAR; sincos = 2-D sin-cos (MAE), which gives short runs spatial structure from the first step"
+    )
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="what the diffusion head predicts (diffusers' names): epsilon (MAR, the paper) or "
         "v_prediction, which weights the high-noise steps that decide layout (toy pixel tokens need it)"

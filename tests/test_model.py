@@ -317,3 +317,21 @@ def test_v_prediction_loss_targets_diffusers_velocity(ds):
     eps_model = build_model(micro_cfg(), vocab=ds.vocabulary())
     eps_model.head = Zero()
     assert not torch.allclose(eps_model.diffusion_loss(batch, **noise, tokens=tokens), want, rtol=1e-3)
+
+
+def test_sincos_position_init_gives_distinct_grid_positions(ds):
+    """pos_embed_init=sincos: grid positions start far apart (MAE's 2-D sin-cos), the buffer stays small."""
+    normal = build_model(micro_cfg(), vocab=ds.vocabulary())
+    sincos = build_model(micro_cfg("model.pos_embed_init=sincos"), vocab=ds.vocabulary())
+    nb = sincos.buffer_size
+    for m in (normal, sincos):
+        assert m.encoder_pos.requires_grad and m.decoder_pos.requires_grad  # learned either way
+    grid = sincos.decoder_pos[0, nb:].detach()
+    d = torch.cdist(grid, grid)
+    assert d[~torch.eye(len(grid), dtype=torch.bool)].min() > 0.5  # every pair of positions separable
+    assert normal.decoder_pos[0, nb:].std() < 0.05 < grid.std()
+    assert torch.equal(grid, sincos.encoder_pos[0, nb:].detach())
+    assert sincos.encoder_pos[0, :nb].abs().max() < 0.2
+    # neighbours are closer than far-apart positions: the init encodes the 2-D layout
+    g = sincos.tokenizer.grid
+    assert d[0, 1] < d[0, g - 1] and d[0, g] < d[0, g * (g - 1)]

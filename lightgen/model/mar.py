@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 from diffusers import DDPMScheduler
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_2d_sincos_pos_embed
 
 from lightgen.model.layers import Block, CrossBlock, interleave
 from lightgen.model.text import TextAligner, TextEncoder
@@ -198,6 +198,12 @@ class LightGenMAR(nn.Module):
                     nn.init.zeros_(m.bias)
         for p in (self.buffer, self.encoder_pos, self.decoder_pos, self.diffusion_pos, self.mask_token, self.null_text):
             nn.init.normal_(p, std=0.02)
+        if self.mcfg.pos_embed_init == "sincos":  # image positions (not the buffer) from MAE's 2-D sin-cos
+            grid = self.tokenizer.grid
+            sincos = get_2d_sincos_pos_embed(self.width, grid, base_size=grid, output_type="pt")
+            with torch.no_grad():
+                for p in (self.encoder_pos, self.decoder_pos):
+                    p[0, self.buffer_size:] = sincos.to(p.dtype)
         self.head.init_weights()
 
     # ---- parameters --------------------------------------------------------------------------
