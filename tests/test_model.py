@@ -314,14 +314,14 @@ def test_v_prediction_loss_targets_diffusers_velocity(ds):
     v = m.noise_scheduler.get_velocity(x0.reshape(-1, d), eps.reshape(-1, d), t.reshape(-1))
     want = v.reshape(3, -1).pow(2).mean(1)
     assert torch.allclose(got, want, rtol=1e-5)
-    eps_model = build_model(micro_cfg(), vocab=ds.vocabulary())
+    eps_model = build_model(micro_cfg("model.prediction_type=epsilon"), vocab=ds.vocabulary())
     eps_model.head = Zero()
     assert not torch.allclose(eps_model.diffusion_loss(batch, **noise, tokens=tokens), want, rtol=1e-3)
 
 
 def test_sincos_position_init_gives_distinct_grid_positions(ds):
     """pos_embed_init=sincos: grid positions start far apart (MAE's 2-D sin-cos), the buffer stays small."""
-    normal = build_model(micro_cfg(), vocab=ds.vocabulary())
+    normal = build_model(micro_cfg("model.pos_embed_init=normal"), vocab=ds.vocabulary())
     sincos = build_model(micro_cfg("model.pos_embed_init=sincos"), vocab=ds.vocabulary())
     nb = sincos.buffer_size
     for m in (normal, sincos):
