@@ -311,37 +311,20 @@ def real_identity(cfg: Any) -> dict:
     }
 
 
-class RealDataset:
+class RealDataset(store.ShardedDataset):
     """A real-world dataset: captions + cached latents / text embeddings (and images if kept)."""
 
     def __init__(self, cfg: Any, folder: Path, manifest: dict, size: int, labels: np.ndarray):
-        self.cfg, self.path, self.manifest, self.size = cfg, folder, manifest, size
+        super().__init__(folder, manifest, size)
+        self.cfg = cfg
         self.labels = labels  # cluster label of each stream item (selection order)
-        self._reader = store.ShardReader(folder, manifest["shards"])
-        self._starts = np.array([e["start"] for e in manifest["shards"]])
-        self.manifest_hash = hashlib.sha256(f"{manifest['key']}:{size}".encode()).hexdigest()[:16]
-        self._diversity: dict[str, float] | None = None
-
-    def __len__(self) -> int:
-        return self.size
-
-    def _locate(self, idx: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-        sid = np.searchsorted(self._starts, idx, side="right") - 1
-        out = []
-        for s in np.unique(sid):
-            pos = np.nonzero(sid == s)[0]
-            e = self.manifest["shards"][int(s)]
-            out.append((e, pos, idx[pos] - e["start"]))
-        return out
 
     def get_batch(self, indices: Any, flip: Any = None) -> dict:
         """Captions, ``latent_moments`` float32 ``[B, 2C, h, w]`` (per-item flipped version where ``flip``
         is True), ``text_emb``/``text_mask`` when cached, ``images`` uint8 when kept."""
         import torch
 
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.size):
-            raise IndexError(f"dataset index out of range 0..{self.size - 1}")
+        idx = self._check_indices(indices)
         flip = np.zeros(len(idx), bool) if flip is None else np.asarray(flip, bool).reshape(-1)
         recs: list[Any] = [None] * len(idx)
         parts: dict[str, list] = {}

@@ -203,6 +203,37 @@ _DTYPES = {"U8": np.uint8, "I8": np.int8, "I64": np.int64, "I32": np.int32, "F32
            "F16": np.float16, "BOOL": np.bool_, "BF16": np.uint16}  # bf16: raw bits, viewed in torch
 
 
+class ShardedDataset:
+    """Index → shard bookkeeping shared by the toy and real datasets (a prefix of ``size`` items)."""
+
+    def __init__(self, folder: Path, manifest: dict, size: int):
+        self.path: Path | None = folder
+        self.manifest, self.size = manifest, size
+        self._reader = ShardReader(folder, manifest["shards"])
+        self._starts = np.array([e["start"] for e in manifest["shards"]])
+        self.manifest_hash = hashlib.sha256(f"{manifest['key']}:{size}".encode()).hexdigest()[:16]
+        self._diversity: dict[str, float] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _check_indices(self, indices: Any) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.size):
+            raise IndexError(f"dataset index out of range 0..{self.size - 1}: {idx.min()}..{idx.max()}")
+        return idx
+
+    def _locate(self, indices: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+        """Group indices by shard: (entry, positions in the batch, rows in the shard)."""
+        shard_ids = np.searchsorted(self._starts, indices, side="right") - 1
+        out = []
+        for s in np.unique(shard_ids):
+            pos = np.nonzero(shard_ids == s)[0]
+            entry = self.manifest["shards"][int(s)]
+            out.append((entry, pos, indices[pos] - entry["start"]))
+        return out
+
+
 def _memmap_tensor(path: Path, key: str) -> np.ndarray:
     """A read-only memory map of one tensor of a safetensors file (its header is 8 bytes of length +
     JSON with dtype/shape/data_offsets, per the safetensors format)."""

@@ -64,35 +64,16 @@ def cache_root(cfg: Any) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.tracking.root) / "datasets"
 
 
-class ToyDataset:
+class ToyDataset(store.ShardedDataset):
     """A toy-world dataset of ``len(ds)`` items (a prefix of the cached stream)."""
 
     def __init__(self, cfg: Any, world: ToyWorld, gen: CaptionGenerator, folder: Path, manifest: dict, size: int):
+        super().__init__(folder, manifest, size)
         self.cfg, self.world, self.gen = cfg, world, gen
-        self.path: Path | None = folder
-        self.manifest = manifest
-        self.size = size
         self.resolution = cfg.data.resolution
         self.storage = manifest["identity"]["storage"]
-        self._reader = store.ShardReader(folder, manifest["shards"])
-        self._starts = np.array([e["start"] for e in manifest["shards"]])
-        self.manifest_hash = hashlib.sha256(f"{manifest['key']}:{size}".encode()).hexdigest()[:16]
-        self._diversity: dict[str, float] | None = None
-
-    def __len__(self) -> int:
-        return self.size
 
     # ---- access ------------------------------------------------------------------------------
-    def _locate(self, indices: np.ndarray) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-        """Group indices by shard: (entry, positions in the batch, rows in the shard)."""
-        shard_ids = np.searchsorted(self._starts, indices, side="right") - 1
-        out = []
-        for s in np.unique(shard_ids):
-            pos = np.nonzero(shard_ids == s)[0]
-            entry = self.manifest["shards"][int(s)]
-            out.append((entry, pos, indices[pos] - entry["start"]))
-        return out
-
     def records(self, indices: Any) -> list[dict]:
         idx = self._check_indices(indices)
         recs: list[Any] = [None] * len(idx)
@@ -101,12 +82,6 @@ class ToyDataset:
             for p, r in zip(pos, rows):
                 recs[p] = shard[r]
         return recs
-
-    def _check_indices(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.size):
-            raise IndexError(f"dataset index out of range 0..{self.size - 1}: {idx.min()}..{idx.max()}")
-        return idx
 
     def get_batch(self, indices: Any) -> dict:
         """``{"captions": [...], "images": uint8 [B, H, W, 3], "specs": [...]}`` for stream items ``indices``."""
