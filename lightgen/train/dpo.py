@@ -88,7 +88,7 @@ from lightgen.config import ExperimentConfig
 from lightgen.model.sampling import sample_images
 from lightgen.train import checkpoint as ckpt
 from lightgen.train.pretrain import (
-    EMA, DataOrder, NonFiniteLossError, TrainResult, _step_generators, autocast_dtype, ema_decay_at,
+    EMA, DataOrder, NonFiniteLossError, TrainResult, _step_generators, autocast_dtype, ema_decay_at, optimizer_step,
     param_groups, resolve_device,
 )
 from lightgen.utils import iter_jsonl
@@ -532,13 +532,7 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
                     for k in STAT_KEYS:
                         sums[k] += stats[k]
                     n_stat += 1
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            ema.update(ema_decay_at(step, tc.ema_decay, tc.ema_warmup))
+            gnorm = optimizer_step(policy, opt, scaler, sched, ema, step, tc)
 
             ckpt_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == dc.iterations
             if (log_now or ckpt_now) and bool(bad):

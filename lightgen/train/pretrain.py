@@ -176,6 +176,20 @@ def count_step_flops(model: LightGenMAR, batch: dict, gen_seed: int) -> float:
     return float(counter.get_total_flops())
 
 
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: Any, sched: Any, ema: "EMA",
+                   step: int, tc: Any) -> torch.Tensor:
+    """One update after the micro-batches' backward passes: unscale, clip (``train.grad_clip``; 0 = off),
+    step, clear the gradients, advance the lr schedule and the EMA. Returns the gradient norm."""
+    scaler.unscale_(opt)
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    sched.step()
+    ema.update(ema_decay_at(step, tc.ema_decay, tc.ema_warmup))
+    return gnorm
+
+
 def _step_generators(seed: int, step: int, rank: int, micro: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
     s = int(np.random.SeedSequence([seed, step, rank, micro]).generate_state(1, np.uint64)[0] >> 1)
     return torch.Generator(device=device).manual_seed(s), torch.Generator().manual_seed(s)
@@ -328,13 +342,7 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                 loss_acc += loss.detach()
                 bad |= ~torch.isfinite(loss.detach())
                 n_acc += 1
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else float("inf"))
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            ema.update(ema_decay_at(step, tc.ema_decay, tc.ema_warmup))
+            gnorm = optimizer_step(model, opt, scaler, sched, ema, step, tc)
             done = step + 1
 
             log_now = done % tc.log_every == 0 or done == tc.iterations
