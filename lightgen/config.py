@@ -168,6 +168,10 @@ class ModelConfig(_Section):
         "normal", description="initial image position embeddings (learned either way): normal = N(0, 0.02) as in "
         "MAR; sincos = 2-D sin-cos (MAE), which gives short runs spatial structure from the first step"
     )
+    noise_shift: float = Field(
+        1.0, ge=1.0, le=64.0, description="divide the cosine schedule's SNR by noise_shift² at every step (simple "
+        "diffusion's shifted schedule): redundant tokens (flat pixel patches) stay informative at high noise otherwise"
+    )
     prediction_type: Literal["epsilon", "v_prediction"] = Field(
         "epsilon", description="what the diffusion head predicts (diffusers' names): epsilon (MAR, the paper) or "
         "v_prediction, which weights the high-noise steps that decide layout (toy pixel tokens need it)"

@@ -274,14 +274,15 @@ class _OracleHead(torch.nn.Module):
         return eps if self.kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
 
+@pytest.mark.parametrize("shift", [1.0, 4.0])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-def test_sampler_recovers_tokens_from_an_exact_head(ds, prediction_type, sampler):
-    """Training target and sampler agree on what the head predicts: an exact head gives back x0."""
+def test_sampler_recovers_tokens_from_an_exact_head(ds, prediction_type, sampler, shift):
+    """Training target, noise schedule and sampler agree: an exact head gives back x0."""
     from lightgen.model.sampling import sample_head
 
-    m = build_model(micro_cfg(f"model.prediction_type={prediction_type}", f"model.diffusion_sampler={sampler}"),
-                    vocab=ds.vocabulary())
+    m = build_model(micro_cfg(f"model.prediction_type={prediction_type}", f"model.diffusion_sampler={sampler}",
+                              f"model.noise_shift={shift}"), vocab=ds.vocabulary())
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(6, m.token_dim, generator=g) * 1.6 - 0.8
     m.head = _OracleHead(x0, m.alphas_cumprod, prediction_type)
@@ -335,3 +336,12 @@ def test_sincos_position_init_gives_distinct_grid_positions(ds):
     # neighbours are closer than far-apart positions: the init encodes the 2-D layout
     g = sincos.tokenizer.grid
     assert d[0, 1] < d[0, g - 1] and d[0, g] < d[0, g * (g - 1)]
+
+
+def test_noise_shift_divides_the_snr_at_every_step(ds):
+    plain = build_model(micro_cfg("model.noise_shift=1"), vocab=ds.vocabulary()).alphas_cumprod.double()
+    shifted = build_model(micro_cfg("model.noise_shift=4"), vocab=ds.vocabulary()).alphas_cumprod.double()
+    snr = lambda a: a / (1 - a)  # noqa: E731
+    ratio = snr(plain[:990]) / snr(shifted[:990])
+    assert torch.allclose(ratio, torch.full_like(ratio, 16.0), rtol=1e-3)
+    assert bool((shifted[1:] < shifted[:-1]).all())  # still a noising schedule

@@ -69,6 +69,22 @@ def resolve_arch(mcfg: Any) -> dict[str, int]:
     return arch
 
 
+def shifted_betas(steps: int, shift: float) -> list[float] | None:
+    """Betas of the cosine schedule with every step's SNR divided by ``shift²`` (None when ``shift`` is 1).
+
+    ᾱ' = ᾱ / (ᾱ + shift²·(1 − ᾱ)) is the shifted schedule of Hoogeboom et al., "simple diffusion" (2023):
+    data whose tokens repeat their information (a flat 4×4 pixel patch carries one colour 16 times) stays
+    readable through the noise of the plain schedule, so the head can denoise a token from itself and the
+    backbone never has to learn from the visible tokens.
+    """
+    if shift == 1.0:
+        return None
+    ac = DDPMScheduler(num_train_timesteps=steps, beta_schedule="squaredcos_cap_v2").alphas_cumprod.double()
+    ac = ac / (ac + shift**2 * (1 - ac))
+    prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+    return (1 - ac / prev).clamp(max=0.999).tolist()
+
+
 # --------------------------------------------------------------------------------------------------
 # 2. Diffusion head
 # --------------------------------------------------------------------------------------------------
@@ -174,6 +190,7 @@ class LightGenMAR(nn.Module):
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=mcfg.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
             prediction_type=mcfg.prediction_type, clip_sample=False,
+            trained_betas=shifted_betas(mcfg.train_diffusion_steps, mcfg.noise_shift),
         )
         self.register_buffer(
             "alphas_cumprod", self.noise_scheduler.alphas_cumprod.clone().float(), persistent=False

@@ -31,6 +31,7 @@ def _scheduler(model: Any, steps: int) -> DDIMScheduler:
     clip = getattr(model.tokenizer, "clip_range", None)
     sched = DDIMScheduler(
         num_train_timesteps=model.noise_scheduler.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+        trained_betas=model.noise_scheduler.config.trained_betas,  # the model's (possibly shifted) schedule
         prediction_type=model.noise_scheduler.config.prediction_type, clip_sample=clip is not None, clip_sample_range=clip or 1.0,
         set_alpha_to_one=True, timestep_spacing="trailing",
     )
