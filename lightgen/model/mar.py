@@ -4,7 +4,8 @@ Read top to bottom:
 
 1. ``SIZES`` / ``resolve_arch`` — the architecture of each ``model.size`` (explicit config fields win).
 2. ``DiffusionHead`` — a residual MLP with AdaLN, conditioned on a token's feature ``z`` and the
-   diffusion timestep; it predicts the noise ε added to that token (MAR's "DiffLoss").
+   diffusion timestep; it predicts the noise ε added to that token (MAR's "DiffLoss"), or the velocity v
+   with ``model.prediction_type=v_prediction``.
 3. ``LightGenMAR`` — text (T5 → aligner, learned null embedding for CFG), then
    encoder on the *visible* image tokens (+ learned buffer tokens), decoder over *all* positions (mask
    tokens where unknown), with cross-attention blocks to the aligned text spread through both stages.
@@ -13,8 +14,10 @@ Read top to bottom:
    token.
 4. ``build_model(cfg, vocab)``.
 
-The noise schedule is diffusers' ``DDPMScheduler`` (``squaredcos_cap_v2``, 1000 steps); sampling uses
-``DDIMScheduler`` with ``eval.diffusion_steps`` (see ``lightgen.model.sampling``).
+The noise schedule is diffusers' ``DDPMScheduler`` (``squaredcos_cap_v2``, 1000 steps; SNR ÷ shift² with
+``model.noise_shift``); sampling uses a ``DDIMScheduler`` built from its config with ``eval.diffusion_steps``
+(see ``lightgen.model.sampling``). ``model.pos_embed_init=sincos`` starts the image positions from MAE's 2-D
+sin-cos instead of N(0, 0.02) (why: ``benchmarks/LEARN_TINY.md``).
 
 API for preference training (DPO)
 ---------------------------------
@@ -107,7 +110,7 @@ class HeadBlock(nn.Module):
 
 
 class DiffusionHead(nn.Module):
-    """ε-prediction MLP for one token: input the noisy token, conditioned on ``z`` and ``t``."""
+    """ε- (or v-) prediction MLP for one token: input the noisy token, conditioned on ``z`` and ``t``."""
 
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int):
         super().__init__()
@@ -134,7 +137,7 @@ class DiffusionHead(nn.Module):
         return self.cond_embed(z)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x_t [N, D], t [N] (long), cond [N, width] (from ``embed_cond``) → ε̂ [N, D]."""
+        """x_t [N, D], t [N] (long), cond [N, width] (from ``embed_cond``) → ε̂ (or v̂) [N, D]."""
         temb = self.time_embed(self.time_proj(t).to(cond.dtype))
         y = temb + cond
         h = self.input_proj(x_t)
@@ -330,7 +333,7 @@ class LightGenMAR(nn.Module):
                        noise: torch.Tensor | None = None, drop_text: torch.Tensor | None = None,
                        reduction: str = "per_sample", generator: torch.Generator | None = None,
                        tokens: torch.Tensor | None = None, n_masked: int | None = None) -> torch.Tensor:
-        """Mean ε-prediction error over the masked tokens: [B] (``per_sample``) or a scalar (``mean``).
+        """Mean ε- (or v-) prediction error over the masked tokens: [B] (``per_sample``) or a scalar (``mean``).
 
         Missing ``mask``/``t``/``noise`` are drawn with ``generator``; ``drop_text`` None = no dropout.
         ``tokens`` skips the tokenizer (precomputed [B, L, D]); ``n_masked`` (masked tokens per row)
