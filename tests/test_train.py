@@ -270,7 +270,6 @@ def test_train_cli_tracks_the_run_and_marks_nan_failed(ds, tmp_path, monkeypatch
 
     from lightgen.cli import app
     from lightgen.model.mar import LightGenMAR
-    from lightgen.train import cli as train_cli
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [x for o in [*MICRO, "train.iterations=2", f"tracking.tracking_uri={uri}", f"tracking.root={tmp_path}",

@@ -173,12 +173,11 @@ class ShardReader:
         name = entry["file"]
         mk = (name, key)
         if mk not in self._maps:
-            h = self._open(entry)
+            self._open(entry)  # checks the shard (manifest, size, header) before it is memory-mapped
             try:
                 self._maps[mk] = _memmap_tensor(self.folder / name, key)
             except (KeyError, ValueError) as e:
                 raise UserError(f"dataset shard {self.folder / name}: cannot read '{key}': {e}") from None
-            del h
         return self._maps[mk][rows]
 
     def tensor_torch(self, entry: dict, key: str, rows: np.ndarray) -> Any:
