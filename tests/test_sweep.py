@@ -77,6 +77,11 @@ def _sweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lightgen", "sweep", "data-scale", "--preset", "smoke", "--runner", FAKE, *args]
 
 
+def _sweep(cwd: Path, env: dict, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run the smoke data-scale sweep with the fake runner in ``cwd``."""
+    return subprocess.run(_sweep_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def _runs(cwd: Path):
     import mlflow
 
@@ -111,7 +116,7 @@ def _assert_each_job_once(cwd: Path, n_points: int = 5) -> None:
 @pytest.mark.fault
 def test_two_workers_cover_grid_once_and_rerun_does_nothing(tmp_path):
     env = _env({"LIGHTGEN_FAKE_STEPS": "4", "LIGHTGEN_FAKE_STEP_SECONDS": "0.05"})
-    res = subprocess.run(_sweep_cmd("--workers", "2"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    res = _sweep(tmp_path, env, "--workers", "2", timeout=240)
     assert res.returncode == 0, res.stdout + res.stderr
     _assert_each_job_once(tmp_path)
     # params and tags of the tracking contract
@@ -125,7 +130,7 @@ def test_two_workers_cover_grid_once_and_rerun_does_nothing(tmp_path):
     assert len(pids) == 2  # both workers ran trials
     # re-running a finished sweep does nothing new
     n_trials = len(_trials(tmp_path))
-    res = subprocess.run(_sweep_cmd("--workers", "2"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    res = _sweep(tmp_path, env, "--workers", "2", timeout=120)
     assert res.returncode == 0 and "5 done, 0 enqueued" in res.stdout + res.stderr
     assert len(_trials(tmp_path)) == n_trials
     _assert_each_job_once(tmp_path)
@@ -177,7 +182,7 @@ def test_sigkilled_workers_resume_from_checkpoint(tmp_path):
 @pytest.mark.fault
 def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
     env = _env({"LIGHTGEN_FAKE_STEPS": "3", "LIGHTGEN_FAKE_STEP_SECONDS": "0.01", "LIGHTGEN_FAKE_NAN": "scale=500K"})
-    res = subprocess.run(_sweep_cmd(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    res = _sweep(tmp_path, env, timeout=240)
     assert res.returncode == 1  # the sweep did not finish every point, and says so
     runs = _runs(tmp_path)
     trials = runs[runs["tags.lightgen.kind"] == "trial"]
@@ -187,7 +192,7 @@ def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
     assert parent["status"].iloc[0] == "FAILED"  # the sweep says it is incomplete
     assert (runs[runs["tags.lightgen.kind"] == "trial"]["status"] == "FINISHED").sum() == 4
     # a permanent failure is not retried by a re-run
-    res = subprocess.run(_sweep_cmd(), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    res = _sweep(tmp_path, env, timeout=120)
     assert "0 enqueued" in res.stdout + res.stderr
 
 
@@ -210,7 +215,7 @@ def test_unknown_gpu_is_rejected(tmp_path):
 def test_four_workers_on_one_study(tmp_path):
     """Four workers on one study: no grid point lost or run twice; one FINISHED child run per point."""
     env = _env({"LIGHTGEN_FAKE_STEPS": "3", "LIGHTGEN_FAKE_STEP_SECONDS": "0.05"})
-    res = subprocess.run(_sweep_cmd("--workers", "4"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = _sweep(tmp_path, env, "--workers", "4", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     _assert_each_job_once(tmp_path)
     from optuna.trial import TrialState
@@ -244,7 +249,7 @@ def test_killed_sweep_continues_when_run_again(tmp_path):
         launcher.wait(timeout=60)
     finished_before = {str(f) for f in ckpts.glob("*/seed0/fake_state.json") if json.loads(f.read_text()).get("done")}
     assert finished_before
-    res = subprocess.run(_sweep_cmd("--workers", "1"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = _sweep(tmp_path, env, "--workers", "1", timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(finished_before)} done" in res.stdout + res.stderr
     _assert_each_job_once(tmp_path)
