@@ -133,7 +133,18 @@ class ModelConfig(_Section):
     size: Literal["tiny", "small", "L"] = "tiny"
     tokenizer: Literal["patch", "vae"] = "patch"
     patch_size: int = Field(4, ge=1)
-    vae: str | None = Field(None, description="AutoencoderKL path or hub id (tokenizer=vae)")
+    vae: str | None = Field(
+        None, description="AutoencoderKL path or hub id (tokenizer=vae); 'toy' = a small AutoencoderKL trained "
+        "once per toy world on teacher renders and cached under <tracking.root>/tokenizers/ (lightgen.model.toy_vae)")
+    vae_stride: Literal[2, 4, 8] = Field(4, description="model.vae=toy: downsampling factor of the autoencoder")
+    vae_latent_channels: int = Field(4, ge=1, le=64, description="model.vae=toy: latent channels")
+    vae_width: int = Field(16, ge=8, le=256, description="model.vae=toy: channels of its first block")
+    vae_train_steps: int = Field(1000, ge=1, le=200_000, description="model.vae=toy: training steps (batch 32)")
+    vae_decoder: Literal["rgb", "palette"] = Field(
+        "rgb", description="model.vae=toy: decode to RGB (MSE) or to per-pixel logits over the world's palette "
+        "(cross-entropy; flat colours and crisp edges, as the teacher draws)")
+    vae_latent_noise: float = Field(
+        0.2, ge=0.0, le=2.0, description="model.vae=toy: latent noise (× latent std) the decoder learns to undo")
     text_encoder: str = Field("toy", description="'toy' or a T5EncoderModel path/hub id")
     text_encoder_mode: Literal["frozen", "trainable", "pretrained-toy"] = "trainable"
     max_text_len: int = Field(32, ge=4, le=512)
@@ -158,8 +169,11 @@ class ModelConfig(_Section):
     toy_text_width: int = Field(64, ge=8, description="d_model of the toy T5 encoder")
     toy_text_depth: int = Field(2, ge=1, description="layers of the toy T5 encoder")
     text_encoder_weights: str | None = Field(
-        None, description="safetensors weights of a toy T5 (text_encoder_mode=pretrained-toy)"
+        None, description="safetensors weights of a toy T5 (text_encoder_mode=pretrained-toy); 'toy' = pre-trained "
+        "once per world on captions alone and cached under <tracking.root>/tokenizers/ (lightgen.model.toy_text)"
     )
+    toy_text_pretrain_steps: int = Field(
+        1500, ge=1, le=200_000, description="text_encoder_weights=toy: pre-training steps (batch 64)")
     diffusion_sampler: Literal["ddpm", "ddim"] = Field(
         "ddpm", description="ddpm = stochastic (DDIM eta=1, temperature scales the noise); ddim = eta 0"
     )
@@ -262,6 +276,9 @@ class EvalConfig(_Section):
     detector_train_images: int = Field(
         2400, ge=50, le=100_000, description="teacher renders the toy detector's classifier is trained on"
     )
+    detector_augment: bool = Field(
+        True, description="toy detector: learn classes from degraded renders too (blur, noise, small warps), so a "
+        "student's slightly soft but right shape counts; held to the checks in benchmarks/bench_geneval.py")
     checkpoints: list[float] = Field(default_factory=lambda: [1.0], description="fractions of training")
     enabled: bool = True
 

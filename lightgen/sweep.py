@@ -20,7 +20,6 @@ trial). On an RDB storage, heartbeats plus ``RetryHeartbeatStaleTrialCallback`` 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -37,6 +36,7 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lightgen.utils import file_lock
 from lightgen.config import REPO_ROOT, ConfigError, ExperimentConfig, load_config, parse_size, size_label
 from lightgen.tracking import (
     TAG_KIND,
@@ -270,17 +270,6 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
         raise ConnectionError(f"Optuna storage {url} is unreachable or invalid: {e}") from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def get_study(plan: Plan, storage: Any) -> Any:

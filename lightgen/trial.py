@@ -194,7 +194,7 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
 
 def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> tuple[str, str]:
     """Train the sweep's one shared base model once (file-locked across workers); reuse it afterwards."""
-    from lightgen.sweep import file_lock
+    from lightgen.utils import file_lock
 
     cfg = plan.base_config.model_copy(deep=True)
     cfg.tracking.tracking_uri = tracking_uri

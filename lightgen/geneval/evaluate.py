@@ -209,7 +209,7 @@ def make_detector(cfg: Any, world: Any = None) -> Any:
         from lightgen.geneval.toy_detector import ToyDetector
 
         return ToyDetector(world, cache_dir=Path(cfg.tracking.root) / "geneval",
-                           n_train=cfg.eval.detector_train_images)
+                           n_train=cfg.eval.detector_train_images, augment=cfg.eval.detector_augment)
     from lightgen.geneval.real_detector import RealDetector
 
     if not cfg.eval.segmenter or not cfg.eval.clip:

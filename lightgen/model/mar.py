@@ -397,6 +397,12 @@ def build_tokenizer(cfg: Any) -> nn.Module:
         return PatchTokenizer(cfg.data.resolution, m.patch_size)
     if not m.vae:
         raise ValueError("model.vae must name an AutoencoderKL (path) when model.tokenizer=vae")
+    if m.vae == "toy":
+        if cfg.world.kind != "toy":
+            raise ValueError("model.vae=toy needs the toy world (world.kind=toy)")
+        from lightgen.model.toy_vae import ToyVAETokenizer, resolve_toy_vae
+
+        return ToyVAETokenizer(resolve_toy_vae(cfg), cfg.data.resolution, m.patch_size)
     return VAETokenizer(m.vae, cfg.data.resolution, m.patch_size)
 
 
@@ -407,12 +413,18 @@ def build_model(cfg: Any, vocab: list[str] | None = None, *, tokenizer: nn.Modul
     """
     m = cfg.model
     arch = resolve_arch(m)
+    # the one-off frozen components (trained on first use, then cached) come first, outside the seeded block
+    weights = m.text_encoder_weights
+    if weights == "toy" and m.text_encoder_mode == "pretrained-toy":
+        from lightgen.model.toy_text import resolve_toy_text_encoder
+
+        weights = str(resolve_toy_text_encoder(cfg))
+    tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         text_dim = m.text_dim or (4096 if m.text_encoder == "cached" and m.size == "L" else arch["width"])
         text = TextEncoder(m.text_encoder, m.text_encoder_mode, m.max_text_len, vocab=vocab,
                            toy_width=m.toy_text_width, toy_depth=m.toy_text_depth,
-                           weights=m.text_encoder_weights, cached_dim=text_dim)
-        tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+                           weights=weights, cached_dim=text_dim)
         model = LightGenMAR(m, tok, text)
     return model
