@@ -123,6 +123,7 @@ BENCHMARKS = {
 
 
 def _bench_command(name: str, doc: str):
+    @user_errors
     def run(ctx: typer.Context) -> None:
         import runpy
         import sys
@@ -196,10 +197,23 @@ _register_all()
 
 
 def main() -> None:
+    """The outer error boundary: what a command did not turn into a message (a benchmark script run
+    through ``lightgen bench``, an error raised while parsing) is sorted here too — expected errors are
+    one line and exit code 2, bugs keep their traceback (exit code 1)."""
     import os
+    import sys
+
+    from lightgen.cliutil import describe_error, print_error
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines about database migrations
-    app()
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - sorted by describe_error; bugs are re-raised
+        msg = describe_error(e)
+        if msg is None:
+            raise
+        print_error(msg)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

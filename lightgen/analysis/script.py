@@ -29,25 +29,19 @@ def warn(msg: str) -> None:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call ``main`` and turn expected failures into messages and exit codes."""
+    """Call ``main`` and turn expected failures into messages and exit codes (the studio's error
+    boundary, ``lightgen.cliutil.describe_error``: one line naming the file, exit 2; bugs traceback)."""
     from lightgen.analysis.loader import NoData
-    from lightgen.cliutil import UserError
-    from lightgen.config import ConfigError
+    from lightgen.cliutil import describe_error, one_line
 
     try:
         return main(argv)
     except NoData as e:
         warn(f"nothing to show: {e}")
         return 0
-    except (UserError, ConfigError) as e:
-        warn(f"error: {e}")
-        return 2
-    except FileNotFoundError as e:
-        warn(f"error: file not found: {e.filename or e}")
-        return 2
-    except PermissionError as e:
-        warn(f"error: permission denied: {e.filename or e}")
-        return 2
-    except ConnectionError as e:
-        warn(f"error: {e}")
+    except Exception as e:  # noqa: BLE001 - sorted by describe_error; bugs are re-raised
+        msg = describe_error(e)
+        if msg is None:
+            raise
+        warn(f"error: {one_line(msg)}")
         return 2
