@@ -60,9 +60,10 @@ def sweep(
     if dry_run:
         _print_dry_run(plan, sw.dry_run(plan))
         return
+    cfg = plan.base_config
+    storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
+    sw.check_storage_url(storage_url, "--storage" if storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
     if status:
-        cfg = plan.base_config
-        storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
         st = sw.sweep_status(plan, sw.get_study(plan, sw.open_storage(storage_url, heartbeat=False)))
         _print_status(st)
         return
@@ -170,9 +171,12 @@ def runs_import(
     bundles: list[str] = typer.Argument(..., help="Bundle folder(s) written by `lightgen runs export`."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="Store to merge into (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ) -> None:
-    """Merge bundles into a store without duplicating runs or points."""
-    from lightgen.runs import import_runs
+    """Merge bundles into a store without duplicating runs or points (every bundle is validated first)."""
+    from lightgen.analysis.bundle import read_bundle
+    from lightgen.runs import import_runs, validate_bundle
 
+    for b in bundles:  # all bundles checked before any is written: a bad one leaves the store as it was
+        validate_bundle(b, *read_bundle(b))
     for b in bundles:
         stats = import_runs(b, tracking_uri)
         print(f"{b}: imported {stats['imported']} runs, skipped {stats['skipped']} already present")

@@ -357,6 +357,35 @@ def default_storage_url(root: str | Path) -> str:
     return f"journal:{Path(root) / 'optuna' / 'journal.log'}"
 
 
+def _file_blocking(path: Path) -> Path | None:
+    """The nearest ancestor of ``path`` that exists and is not a folder (nothing can be created under it)."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_storage_url(url: str, what: str = "--storage") -> None:
+    """Refuse an Optuna storage URL whose file cannot be the storage, before any work: an empty journal
+    path, a journal or SQLite path that is a folder, or one under a regular file."""
+    if url.startswith("journal:"):
+        kind, raw = "journal", url[len("journal:"):]
+    elif url.startswith("sqlite:///"):
+        kind, raw = "SQLite", url[len("sqlite:///"):]
+    else:
+        return
+    if not raw.strip():
+        raise ConfigError(f"{what} {url!r}: the {kind} storage needs a file path")
+    if raw == ":memory:":
+        return
+    path = Path(raw)
+    if path.is_dir():
+        raise ConfigError(f"{what} {url!r}: {path} is a folder; the {kind} storage must be a file")
+    blocker = _file_blocking(path)
+    if blocker is not None:
+        raise ConfigError(f"{what} {url!r}: {blocker} is a regular file, so {path} cannot be created under it")
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> Any:
     """``journal:<path>`` (embedded, one machine, several processes) or any RDB URL (many nodes)."""
     import optuna

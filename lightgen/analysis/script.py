@@ -21,7 +21,18 @@ def source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default=None, help="only this sweep (tag lightgen.sweep), e.g. data-scale")
     parser.add_argument("--experiment", default=None, help="only this MLflow experiment (name or id)")
     parser.add_argument("--no-log", action="store_true", help="do not log the output to the sweep's parent run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the bootstrap and permutation draws")
+
+
+def seed_type(text: str) -> int:
+    """A seed: an integer >= 0 (numpy's generators refuse negative seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def warn(msg: str) -> None:

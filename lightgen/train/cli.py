@@ -59,7 +59,7 @@ def sample(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder (or a run folder: its newest)."),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeatable)."),
     n: int = typer.Option(4, "--n", min=1, help="Images per prompt."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     out: str = typer.Option("grid.png", "--out", help="PNG grid to write."),
     inpaint: str = typer.Option(None, "--inpaint", help="Image whose unmasked region is kept."),
     mask: str = typer.Option(None, "--mask", help="Mask image: white = generate, black = keep."),
