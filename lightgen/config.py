@@ -370,7 +370,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
+def _format_validation_error(err: ValidationError, data: dict[str, Any], where: str | Path | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
@@ -390,7 +390,7 @@ def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
             lines.append(f"{loc}: invalid value {val!r}: {msg}")
         else:
             lines.append(f"{loc}: invalid value {val!r}: {msg}" + (f" ({ctx})" if ctx and "error" not in ctx else ""))
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return f"invalid configuration{f' in {where}' if where else ''}:\n  " + "\n  ".join(lines)
 
 
 def _allowed_keys(section: str) -> list[str]:
@@ -532,11 +532,12 @@ def load_config(
         name = data.get("preset", path.stem)
     data.setdefault("preset", name)
     data = apply_overrides(data, overrides)
-    return validate_config(data)
+    return validate_config(data, where=None if isinstance(source, dict) or source is None else path)
 
 
-def validate_config(data: dict[str, Any]) -> ExperimentConfig:
+def validate_config(data: dict[str, Any], where: str | Path | None = None) -> ExperimentConfig:
+    """Validate a raw config; ``where`` (the YAML file it came from) is named in the message."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, data)) from None
+        raise ConfigError(_format_validation_error(e, data, where)) from None

@@ -154,7 +154,7 @@ def validate_bundle(bundle: str | Path, runs: pd.DataFrame, hist: pd.DataFrame, 
     filtered = [f"tags.{t}" for t in (SOURCE_TAG, TAG_STUDY, JOB_TAG)]
     for i, r in runs.iterrows():
         rid = r["run_id"]
-        where = f"run {rid}"
+        where = f"runs.parquet run {rid}"
         status = r.get("status")
         if not _missing(status) and status not in RUN_STATUSES:
             raise bad(f"{where}: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
