@@ -301,8 +301,8 @@ class TrackingConfig(_Section):
 class SweepConfig(_Section):
     storage: str | None = Field(None, description="Optuna storage URL (default: journal under root)")
     gpus: list[int] = Field(default_factory=list)
-    workers_per_gpu: int = Field(1, ge=1)
-    workers: int = Field(1, ge=1, description="worker processes when no GPU is used")
+    workers_per_gpu: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=256, description="worker processes when no GPU is used")
 
 
 class ExperimentConfig(_Section):

@@ -148,7 +148,7 @@ class SearchParam(_Strict):
 
 
 class PresetSettings(_Strict):
-    seeds: int | None = Field(None, ge=1)
+    seeds: int | None = Field(None, ge=1, le=1000)
     set: dict[str, Any] = Field(default_factory=dict)
     arms: list[str] | None = Field(None, description="restrict to these arms at this preset")
 
@@ -160,11 +160,11 @@ class SweepDef(_Strict):
     objective: str = "geneval/overall"
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["grid", "tpe"] = "grid"
-    seeds: int = Field(1, ge=1)
+    seeds: int = Field(1, ge=1, le=1000)
     base: dict[str, Any] = Field(default_factory=dict)
     arms: list[Arm] = Field(default_factory=list)
     search: dict[str, SearchParam] = Field(default_factory=dict)
-    budget: int = Field(0, ge=0, description="TPE trials (sampler=tpe)")
+    budget: int = Field(0, ge=0, le=100_000, description="TPE trials (sampler=tpe)")
     presets: dict[str, PresetSettings] = Field(default_factory=dict)
 
     @field_validator("arms")

@@ -57,6 +57,22 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def check_folder_path(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, a folder path that can never be created: it is a regular file, or one of
+    its parents is. ``what`` names the option or key (``--out``, ``tracking.root`` …) in the UserError."""
+    from lightgen.cliutil import UserError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p}: is a regular file, expected a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {p}: {parent} is a regular file, so nothing can be created under it")
+            break
+    return p
+
+
 def _not_utf8(path: str | Path, data: bytes, e: UnicodeDecodeError, line: int | None = None) -> Exception:
     from lightgen.cliutil import UserError
 

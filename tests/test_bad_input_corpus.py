@@ -231,6 +231,12 @@ FILE_CASES = [
     ("bundle-history-garbage", ["runs", "import", "{d}/bundle_history_garbage"], "metrics_history.parquet is not a readable"),
     ("out-under-a-file", ["geneval", "prompts", "--out", "{d}/a_file/sub"], "a_file"),
     ("out-is-a-file", ["geneval", "prompts", "--out", "{d}/a_file"], "a_file"),
+    ("train-root-under-file", ["train", "smoke", "--set", "tracking.root={d}/a_file/r"], "tracking.root"),
+    ("train-checkpoint-dir-under-file", ["train", "smoke", "--checkpoint-dir", "{d}/a_file/ck"], "--checkpoint-dir"),
+    ("dpo-root-under-file", ["dpo", "smoke", "--base", "x", "--set", "tracking.root={d}/a_file/r"], "tracking.root"),
+    ("dpo-checkpoint-dir-is-file", ["dpo", "smoke", "--base", "x", "--checkpoint-dir", "{d}/a_file"], "is a regular file"),
+    ("data-cache-under-file", ["data", "build", "smoke", "--out", "{d}/a_file/c"], "data.cache_dir"),
+    ("geneval-sample-out-under-file", ["geneval", "sample", "--teacher", "--out", "{d}/a_file/o"], "--out"),
 ]
 
 
@@ -240,6 +246,7 @@ def test_files_not_what_they_claim(case, d, tmp_path, monkeypatch):
     code, out, exc = _invoke(_fill(args, d=str(d)), tmp_path, monkeypatch)
     _check(code, out, exc, needle)
     _assert_nothing_running(tmp_path / "mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists(), "a run was started before the input was refused"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,6 +293,9 @@ VALUE_CASES = [
     ("geneval-import-step-negative", ["geneval", "import", "r.jsonl", "--run", "x", "--step", "-1"], "--step", True),
     ("geneval-summary-bootstrap-huge", ["geneval", "summary", "r.jsonl", "--bootstrap", "2000000000"], "--bootstrap", True),
     ("geneval-evaluate-bootstrap-huge", ["geneval", "evaluate", "f", "--bootstrap", "2000000000"], "--bootstrap", True),
+    ("sweep-seeds-huge", ["sweep", "data-scale", "--dry-run", "--seeds", "1000000000"], "--seeds", True),
+    ("sweep-workers-huge", ["sweep", "data-scale", "--workers", "100000"], "--workers", True),
+    ("sweep-workers-set-huge", T + ["sweep.workers=100000"], "sweep.workers", False),
 ]
 
 
@@ -366,6 +376,9 @@ SWEEP_CASES = [
      "presets.smoke.arms is empty"),
     ("name-with-quote", "name: \"it's\"\n" + _arm("grid: {data.scale: [100k]}"), "name: must be letters"),
     ("duplicate-arms", "name: s\narms:\n  - name: a\n  - name: a\n", "arm names must be unique"),
+    ("seeds-huge", "name: s\nseeds: 1000000000\n" + _arm("grid: {data.scale: [100k]}"), "seeds: Input should be less"),
+    ("tpe-budget-huge", "name: s\nsampler: tpe\nbudget: 1000000000\nsearch: {train.lr: {low: 0.001, high: 0.01}}\n",
+     "budget: Input should be less"),
 ]
 
 

@@ -53,6 +53,9 @@ def build(
                                       ("data.caption_diversity", diversity), ("data.seed", seed),
                                       ("data.cache_dir", out)) if v is not None]
     cfg = config_from_cli(config, [*(sets or []), *extra])
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(cfg.data.cache_dir or cfg.tracking.root, "data.cache_dir" if cfg.data.cache_dir else "tracking.root")
     ds = get_dataset(cfg, progress=progress)
     echo(_stats_table(ds, cfg))
 

@@ -69,6 +69,9 @@ def sample(
 
     if (checkpoint is None) == (not teacher):
         raise UserError("give exactly one of --checkpoint PATH or --teacher")
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(out, "--out")  # before any image is sampled
     if teacher:
         cfg = config_from_cli(config or "smoke", sets)
         world = _world(cfg)

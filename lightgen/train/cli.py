@@ -27,7 +27,10 @@ def train(
     from lightgen.train.pretrain import NonFiniteLossError
     from lightgen.trial import train_and_evaluate
 
-    out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg)
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
+    out = check_folder_path(ckpt_dir, "--checkpoint-dir") if ckpt_dir else checkpoint_dir(cfg)
     exp = experiment or cfg.tracking.experiment or "lightgen-train"
     try:
         with tracking.tracked_run(cfg, experiment=exp, kind="train") as tracker:
