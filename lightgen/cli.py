@@ -157,7 +157,10 @@ def runs_export(
 ) -> None:
     """Write a sweep's runs (params, tags, metric histories, per-prompt GenEval results) to one bundle."""
     from lightgen.runs import export_runs
+    from lightgen.utils import check_folder_path
 
+    if not out.endswith(".parquet"):
+        check_folder_path(out, "--out")  # before the store is read
     try:
         stats = export_runs(out, tracking_uri, sweep, experiment)
     except LookupError as e:

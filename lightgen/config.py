@@ -381,7 +381,7 @@ def _format_validation_error(err: ValidationError, data: dict[str, Any], where: 
             allowed = _allowed_keys(section)
             lines.append(f"unknown key '{loc}' (value {val!r}); allowed keys here: {', '.join(allowed)}")
             continue
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         ctx = e.get("ctx") or {}
         if not e["loc"]:  # a check across sections: its message names the keys
             lines.append(msg.removeprefix("Value error, "))
@@ -532,7 +532,8 @@ def load_config(
         name = data.get("preset", path.stem)
     data.setdefault("preset", name)
     data = apply_overrides(data, overrides)
-    return validate_config(data, where=None if isinstance(source, dict) or source is None else path)
+    where = None if isinstance(source, dict) or source is None else str(path) + (" with overrides" if overrides else "")
+    return validate_config(data, where=where)
 
 
 def validate_config(data: dict[str, Any], where: str | Path | None = None) -> ExperimentConfig:

@@ -698,6 +698,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     root = Path(cfg.tracking.root)
     _check_writable(root)
     storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
+    check_storage_url(storage_url, "--storage" if opts.storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
     workers_env = resolve_workers(opts, cfg)
 
     storage = open_storage(storage_url, heartbeat=False)
