@@ -328,9 +328,12 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
     n_seeds = seeds or settings.seeds or sweep.seeds
     plan = Plan(sweep, preset, n_seeds, common)
     try:
-        load_config(preset, common)
+        base_cfg = load_config(preset, common)
     except ConfigError as e:
         raise ConfigError(f"sweep '{sweep.name}' at preset '{preset}': {e}") from None
+    if sweep.objective.startswith("geneval") and not base_cfg.eval.enabled:
+        raise ConfigError(f"sweep '{sweep.name}' at preset '{preset}': objective {sweep.objective!r} is a GenEval "
+                          "metric but eval.enabled is false, so no trial would log it")
     arms = [a for a in sweep.arms if settings.arms is None or a.name in settings.arms]
     seen: dict[str, Point] = {}
     for arm in arms:

@@ -525,6 +525,13 @@ STORAGE_CASES = [
 ]
 
 
+def test_sweep_objective_no_trial_logs_with_eval_off(tmp_path, monkeypatch):
+    """A GenEval objective with eval.enabled=false: no trial would log it, so the sweep is refused."""
+    code, out, exc = _invoke(["sweep", "data-scale", "--set", "eval.enabled=false", "--workers", "1"], tmp_path, monkeypatch)
+    _check(code, out, exc, "objective 'geneval/overall' is a GenEval metric but eval.enabled is false")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.parametrize("case", STORAGE_CASES, ids=[c[0] for c in STORAGE_CASES])
 def test_storage(case, d, tmp_path, monkeypatch):
     _, args, needle = case
