@@ -23,6 +23,10 @@ from lightgen.analysis.script import run_main, source_arguments, warn  # noqa: E
 
 
 
+MAX_BOOT = 100_000  # bootstrap draws per CI (lightgen.config.MAX_BOOTSTRAP)
+MAX_RESAMPLES = 1_000_000  # sign-flip resamples per paired test
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make_tables.py", description=__doc__.split("\n\n")[0])
     source_arguments(p)
@@ -34,10 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-resamples", type=int, default=9999, help="sign-flip resamples of the paired tests")
     p.add_argument("--per-task-split", action="store_true", help="add per-task seen/unseen columns")
     args = p.parse_args(argv)
-    if args.n_boot < 10:
-        p.error("--n-boot must be at least 10")
-    if args.n_resamples < 99:
-        p.error("--n-resamples must be at least 99")
+    if not 10 <= args.n_boot <= MAX_BOOT:
+        p.error(f"--n-boot must be in 10..{MAX_BOOT}, got {args.n_boot}")
+    if not 99 <= args.n_resamples <= MAX_RESAMPLES:
+        p.error(f"--n-resamples must be in 99..{MAX_RESAMPLES}, got {args.n_resamples}")
     return args
 
 

@@ -41,12 +41,12 @@ def sweep(
     name: str = typer.Argument(..., help="Sweep name (data-scale, caption-diversity, iterations, dpo-beta) or a YAML path."),
     preset: str = typer.Option(None, "--preset", help="Experiment preset: smoke (default without a GPU), lab, paper."),
     gpus: str = typer.Option(None, "--gpus", help="Comma-separated GPU indices, one worker per GPU (e.g. 0,1)."),
-    workers_per_gpu: int = typer.Option(1, "--workers-per-gpu", min=1, help="Workers per GPU (small models)."),
-    workers: int = typer.Option(None, "--workers", min=1, help="Worker processes without GPUs (default sweep.workers)."),
+    workers_per_gpu: int = typer.Option(1, "--workers-per-gpu", min=1, max=64, help="Workers per GPU (small models)."),
+    workers: int = typer.Option(None, "--workers", min=1, max=256, help="Worker processes without GPUs (default sweep.workers)."),
     storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: journal file under mlruns/optuna)."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    seeds: int = typer.Option(None, "--seeds", min=1, help="Replicates per point (overrides the sweep's)."),
+    seeds: int = typer.Option(None, "--seeds", min=1, max=1000, help="Replicates per point (overrides the sweep's)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print points, datasets, checkpoints and compute; run nothing."),
     status: bool = typer.Option(False, "--status", help="Show progress per point and exit."),
     runner: str = typer.Option(None, "--runner", hidden=True, help="module:function running one trial (tests)."),
@@ -60,9 +60,10 @@ def sweep(
     if dry_run:
         _print_dry_run(plan, sw.dry_run(plan))
         return
+    cfg = plan.base_config
+    storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
+    sw.check_storage_url(storage_url, "--storage" if storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
     if status:
-        cfg = plan.base_config
-        storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
         st = sw.sweep_status(plan, sw.get_study(plan, sw.open_storage(storage_url, heartbeat=False)))
         _print_status(st)
         return
@@ -123,6 +124,7 @@ BENCHMARKS = {
 
 
 def _bench_command(name: str, doc: str):
+    @user_errors
     def run(ctx: typer.Context) -> None:
         import runpy
         import sys
@@ -155,7 +157,10 @@ def runs_export(
 ) -> None:
     """Write a sweep's runs (params, tags, metric histories, per-prompt GenEval results) to one bundle."""
     from lightgen.runs import export_runs
+    from lightgen.utils import check_folder_path
 
+    if not out.endswith(".parquet"):
+        check_folder_path(out, "--out")  # before the store is read
     try:
         stats = export_runs(out, tracking_uri, sweep, experiment)
     except LookupError as e:
@@ -169,9 +174,12 @@ def runs_import(
     bundles: list[str] = typer.Argument(..., help="Bundle folder(s) written by `lightgen runs export`."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="Store to merge into (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ) -> None:
-    """Merge bundles into a store without duplicating runs or points."""
-    from lightgen.runs import import_runs
+    """Merge bundles into a store without duplicating runs or points (every bundle is validated first)."""
+    from lightgen.analysis.bundle import read_bundle
+    from lightgen.runs import import_runs, validate_bundle
 
+    for b in bundles:  # all bundles checked before any is written: a bad one leaves the store as it was
+        validate_bundle(b, *read_bundle(b))
     for b in bundles:
         stats = import_runs(b, tracking_uri)
         print(f"{b}: imported {stats['imported']} runs, skipped {stats['skipped']} already present")
@@ -196,10 +204,23 @@ _register_all()
 
 
 def main() -> None:
+    """The outer error boundary: what a command did not turn into a message (a benchmark script run
+    through ``lightgen bench``, an error raised while parsing) is sorted here too — expected errors are
+    one line and exit code 2, bugs keep their traceback (exit code 1)."""
     import os
+    import sys
+
+    from lightgen.cliutil import describe_error, print_error
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no INFO lines about database migrations
-    app()
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - sorted by describe_error; bugs are re-raised
+        msg = describe_error(e)
+        if msg is None:
+            raise
+        print_error(msg)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

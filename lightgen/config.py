@@ -63,7 +63,16 @@ def size_label(n: int) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN or infinite float (lr, temperature, cfg …) validates no range and can
+    # never work, so every float knob of every section must be finite
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Bounds of values that validate as numbers but cannot work (the bound is in the message)
+MAX_SCALE = 1_000_000_000  # nominal dataset size: the paper's largest is 2M
+TOY_MAX_RESOLUTION = 256  # the toy world renders 32-256 px (shapes are rasterised per size)
+MAX_TOKENS = 4096  # image tokens per sample: a 64 x 64 grid (the paper's 512 px VAE grid is 32 x 32)
+MAX_BOOTSTRAP = 100_000  # bootstrap draws of a CI (each draw resamples every prompt)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +88,8 @@ class WorldConfig(_Section):
     max_objects: int = Field(5, ge=1, le=5, description="largest count per object")
     n_relations: int = Field(4, ge=0, le=4, description="left of / right of / above / below")
     n_backgrounds: int = Field(1, ge=1, le=8, description="background variants (1 = plain grey)")
-    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of compositions held out")
+    heldout_fraction: float = Field(
+        0.1, ge=0.0, le=0.5, description="share of compositions held out (at most half: the rest are trained on)")
     # real world
     teacher: str | None = Field(None, description="diffusers pipeline path or hub id (real world)")
     caption_file: str | None = Field(None, description="captions .txt/.csv/.jsonl (real world)")
@@ -92,7 +102,7 @@ class WorldConfig(_Section):
 class DataConfig(_Section):
     """Dataset volume and caption diversity (independent knobs)."""
 
-    scale: int = Field(100_000, gt=0, description="nominal dataset size (100k … 2M)")
+    scale: int = Field(100_000, gt=0, le=MAX_SCALE, description="nominal dataset size (100k … 2M; at most 1B)")
     scale_divisor: int = Field(1, ge=1, description="actual size = scale / scale_divisor (smoke)")
     caption_diversity: float = Field(1.0, ge=0.0, le=1.0, description="normalised diversity in [0,1]")
     coverage: float | None = Field(None, gt=0.0, le=1.0, description="knob (a): compositional coverage")
@@ -272,7 +282,7 @@ class EvalConfig(_Section):
     detector: Literal["toy", "real"] = "toy"
     segmenter: str | None = Field(None, description="Mask2Former path/hub id (real detector)")
     clip: str | None = Field(None, description="CLIP path/hub id (real detector)")
-    bootstrap: int = Field(1000, ge=0)
+    bootstrap: int = Field(1000, ge=0, le=MAX_BOOTSTRAP, description="bootstrap draws of the Overall CI")
     detector_train_images: int = Field(
         2400, ge=50, le=100_000, description="teacher renders the toy detector's classifier is trained on"
     )
@@ -296,12 +306,20 @@ class TrackingConfig(_Section):
     root: str = Field("mlruns", description="where datasets, checkpoints and Optuna storage live")
     log_system_metrics: bool = False
 
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a folder path, not empty (an empty root would write under the current "
+                             "folder's filesystem root)")
+        return v
+
 
 class SweepConfig(_Section):
     storage: str | None = Field(None, description="Optuna storage URL (default: journal under root)")
     gpus: list[int] = Field(default_factory=list)
-    workers_per_gpu: int = Field(1, ge=1)
-    workers: int = Field(1, ge=1, description="worker processes when no GPU is used")
+    workers_per_gpu: int = Field(1, ge=1, le=64)
+    workers: int = Field(1, ge=1, le=256, description="worker processes when no GPU is used")
 
 
 class ExperimentConfig(_Section):
@@ -323,6 +341,14 @@ class ExperimentConfig(_Section):
                 f"data.resolution={self.data.resolution} must be a multiple of "
                 f"model.patch_size={self.model.patch_size}"
             )
+        if self.world.kind == "toy" and self.data.resolution > TOY_MAX_RESOLUTION:
+            raise ValueError(f"data.resolution={self.data.resolution}: the toy world renders at most "
+                             f"{TOY_MAX_RESOLUTION} px")
+        stride = self.model.patch_size * (8 if self.model.tokenizer == "vae" else 1)
+        tokens = (self.data.resolution // stride) ** 2
+        if tokens > MAX_TOKENS:
+            raise ValueError(f"data.resolution={self.data.resolution} with model.patch_size={self.model.patch_size} "
+                             f"({self.model.tokenizer} tokenizer) gives {tokens} image tokens; at most {MAX_TOKENS}")
         return self
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -361,7 +387,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
-def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
+def _format_validation_error(err: ValidationError, data: dict[str, Any], where: str | Path | None = None) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
@@ -372,13 +398,16 @@ def _format_validation_error(err: ValidationError, data: dict[str, Any]) -> str:
             allowed = _allowed_keys(section)
             lines.append(f"unknown key '{loc}' (value {val!r}); allowed keys here: {', '.join(allowed)}")
             continue
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         ctx = e.get("ctx") or {}
+        if not e["loc"]:  # a check across sections: its message names the keys
+            lines.append(msg.removeprefix("Value error, "))
+            continue
         if typ in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"} or "literal" in typ:
             lines.append(f"{loc}: invalid value {val!r}: {msg}")
         else:
             lines.append(f"{loc}: invalid value {val!r}: {msg}" + (f" ({ctx})" if ctx and "error" not in ctx else ""))
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return f"invalid configuration{f' in {where}' if where else ''}:\n  " + "\n  ".join(lines)
 
 
 def _allowed_keys(section: str) -> list[str]:
@@ -445,6 +474,8 @@ def resolve_preset_path(name_or_path: str | Path) -> Path:
     """A YAML path, or a preset name looked up in ./experiments then the repository's experiments/."""
     p = Path(name_or_path)
     if p.suffix in {".yaml", ".yml"}:
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder, expected a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         return p
@@ -463,15 +494,37 @@ def available_presets() -> list[str]:
     return sorted(names)
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_text(path: Path, what: str) -> str:
+    """The text of a YAML file; unreadable files and bytes that are not UTF-8 are ConfigErrors naming it."""
     try:
-        text = path.read_text()
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder, expected a YAML file") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} "
+                          f"at offset {e.start})") from None
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error as one line: what is wrong and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    text = read_yaml_text(path, "config file")
     try:
         data = yaml.safe_load(text)  # safe: no Python objects are ever constructed
     except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {path}: {e}") from e
+        raise ConfigError(f"malformed YAML in {path}: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"malformed YAML in {path}: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -496,11 +549,13 @@ def load_config(
         name = data.get("preset", path.stem)
     data.setdefault("preset", name)
     data = apply_overrides(data, overrides)
-    return validate_config(data)
+    where = None if isinstance(source, dict) or source is None else str(path) + (" with overrides" if overrides else "")
+    return validate_config(data, where=where)
 
 
-def validate_config(data: dict[str, Any]) -> ExperimentConfig:
+def validate_config(data: dict[str, Any], where: str | Path | None = None) -> ExperimentConfig:
+    """Validate a raw config; ``where`` (the YAML file it came from) is named in the message."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, data)) from None
+        raise ConfigError(_format_validation_error(e, data, where)) from None

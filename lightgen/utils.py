@@ -58,18 +58,59 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def check_folder_path(path: str | Path, what: str) -> Path:
+    """Refuse, before any work, a folder path that can never be created: it is a regular file, or one of
+    its parents is. ``what`` names the option or key (``--out``, ``tracking.root`` …) in the UserError."""
+    from lightgen.cliutil import UserError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {p}: is a regular file, expected a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} {p}: {parent} is a regular file, so nothing can be created under it")
+            break
+    return p
+
+
+def _not_utf8(path: str | Path, data: bytes, e: UnicodeDecodeError, line: int | None = None) -> Exception:
+    from lightgen.cliutil import UserError
+
+    line = line or data[: e.start].count(b"\n") + 1
+    return UserError(f"{path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})")
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's contents, decoded as UTF-8; bytes that are not UTF-8 raise
+    ``UserError("<path>:<line>: not UTF-8 text …")`` instead of a bare ``UnicodeDecodeError``.
+
+    A folder or a missing file raises the ``OSError`` (with its filename) that the error boundary names.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data, e) from None
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(where, object)`` for each non-blank line of a JSONL file, ``where`` being ``path:line``.
 
-    A line that is not JSON raises ``UserError("<path>:<line>: not valid JSON (…)")``, so every reader
-    of the studio's JSONL files (GenEval metadata and results, DPO pairs) reports bad input the same way.
+    A line that is not JSON (or not UTF-8) raises ``UserError("<path>:<line>: not valid JSON (…)")``, so
+    every reader of the studio's JSONL files (GenEval metadata and results, DPO pairs) reports bad input
+    the same way; what each object must look like is the reader's to check (:func:`require_object`).
     """
     import json
 
     from lightgen.cliutil import UserError
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, line=lineno) from None
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -77,6 +118,22 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise UserError(f"{where}: JSON nested too deeply") from None
+
+
+def require_object(where: str, obj: Any, fields: dict[str, type | tuple[type, ...]] | None = None) -> dict:
+    """``obj`` as a dict whose listed fields (when present) have the listed types, else a UserError
+    naming ``where`` (``path:line``) and the field."""
+    from lightgen.cliutil import UserError
+
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    for key, typ in (fields or {}).items():
+        if key in obj and obj[key] is not None and not isinstance(obj[key], typ):
+            names = " or ".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise UserError(f"{where}: field '{key}' must be {names}, got {type(obj[key]).__name__}")
+    return obj
 
 
 @contextlib.contextmanager

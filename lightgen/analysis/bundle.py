@@ -124,8 +124,9 @@ def write_bundle(runs_df: pd.DataFrame, history_df: pd.DataFrame | None, results
 def _read_parquet(file: Path) -> pd.DataFrame:
     try:
         return pd.read_parquet(file)
-    except (OSError, ValueError) as e:  # pyarrow raises ArrowInvalid (a ValueError) on garbage
-        raise UserError(f"bundle file {file} is not a readable Parquet file: {e}") from None
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid (a ValueError), OSError and more:
+        # whatever fails while decoding one file is that file's fault
+        raise UserError(f"bundle file {file} is not a readable Parquet file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def read_bundle(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -141,10 +142,14 @@ def read_bundle(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     manifest_file = path / MANIFEST_FILE
     if manifest_file.is_file():
         try:
-            manifest = json.loads(manifest_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            manifest = json.loads(manifest_file.read_bytes().decode("utf-8"))
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UserError(f"bundle {path}: unreadable {MANIFEST_FILE}: {e}") from None
-        if manifest.get("version", BUNDLE_VERSION) > BUNDLE_VERSION:
+        version = manifest.get("version", BUNDLE_VERSION) if isinstance(manifest, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise UserError(f"bundle {path}: {MANIFEST_FILE} is not a bundle manifest (expected an object with "
+                            f"an integer 'version')")
+        if version > BUNDLE_VERSION:
             raise UserError(f"bundle {path}: format version {manifest.get('version')} is newer than this "
                             f"reader ({BUNDLE_VERSION}); update LightGen Studio")
     runs = _read_parquet(runs_file)

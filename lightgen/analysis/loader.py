@@ -206,7 +206,7 @@ class RunSource:
                     continue
                 try:
                     records[rid] = _read_jsonl(Path(local))
-                except ValueError as e:
+                except (ValueError, UserError) as e:
                     notes.append(f"run {rid}: unreadable {RESULTS_ARTIFACT} ({e}); its CI falls back "
                                  "to the logged one")
         if missing:
@@ -229,7 +229,9 @@ def _run_row(run: Any, experiment_name: str) -> dict[str, Any]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    from lightgen.utils import read_text
+
+    for i, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

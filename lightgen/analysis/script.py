@@ -21,7 +21,18 @@ def source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default=None, help="only this sweep (tag lightgen.sweep), e.g. data-scale")
     parser.add_argument("--experiment", default=None, help="only this MLflow experiment (name or id)")
     parser.add_argument("--no-log", action="store_true", help="do not log the output to the sweep's parent run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and permutation draws")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the bootstrap and permutation draws")
+
+
+def seed_type(text: str) -> int:
+    """A seed: an integer >= 0 (numpy's generators refuse negative seeds)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def warn(msg: str) -> None:
@@ -29,25 +40,19 @@ def warn(msg: str) -> None:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Call ``main`` and turn expected failures into messages and exit codes."""
+    """Call ``main`` and turn expected failures into messages and exit codes (the studio's error
+    boundary, ``lightgen.cliutil.describe_error``: one line naming the file, exit 2; bugs traceback)."""
     from lightgen.analysis.loader import NoData
-    from lightgen.cliutil import UserError
-    from lightgen.config import ConfigError
+    from lightgen.cliutil import describe_error, one_line
 
     try:
         return main(argv)
     except NoData as e:
         warn(f"nothing to show: {e}")
         return 0
-    except (UserError, ConfigError) as e:
-        warn(f"error: {e}")
-        return 2
-    except FileNotFoundError as e:
-        warn(f"error: file not found: {e.filename or e}")
-        return 2
-    except PermissionError as e:
-        warn(f"error: permission denied: {e.filename or e}")
-        return 2
-    except ConnectionError as e:
-        warn(f"error: {e}")
+    except Exception as e:  # noqa: BLE001 - sorted by describe_error; bugs are re-raised
+        msg = describe_error(e)
+        if msg is None:
+            raise
+        warn(f"error: {one_line(msg)}")
         return 2

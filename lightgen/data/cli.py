@@ -42,7 +42,7 @@ def build(
     world: Optional[str] = typer.Option(None, "--world", help="Shortcut for --set world.kind=toy|real."),
     scale: Optional[str] = typer.Option(None, "--scale", help="Shortcut for --set data.scale=… (e.g. 200k)."),
     diversity: Optional[float] = typer.Option(None, "--diversity", help="Shortcut for data.caption_diversity."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Shortcut for --set data.seed=…"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Shortcut for --set data.seed=…"),
     out: Optional[Path] = typer.Option(None, "--out", help="Cache folder (data.cache_dir); default <root>/datasets."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -53,6 +53,9 @@ def build(
                                       ("data.caption_diversity", diversity), ("data.seed", seed),
                                       ("data.cache_dir", out)) if v is not None]
     cfg = config_from_cli(config, [*(sets or []), *extra])
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(cfg.data.cache_dir or cfg.tracking.root, "data.cache_dir" if cfg.data.cache_dir else "tracking.root")
     ds = get_dataset(cfg, progress=progress)
     echo(_stats_table(ds, cfg))
 
@@ -64,7 +67,7 @@ def show(
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the PNG grid of samples."),
     n: int = typer.Option(16, "--n", min=1, max=256, help="Number of samples in the grid."),
-    seed: int = typer.Option(0, "--seed", help="Which samples (seeded choice)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Which samples (seeded choice)."),
 ) -> None:
     """Print a dataset's stats and write a PNG grid of samples with their captions."""
     from lightgen.data import get_dataset

@@ -66,6 +66,8 @@ def read_captions(path: str | Path, classes: Any = None, colors: Any = None, voc
     ``vocabulary`` (e.g. a toy world's) checks every caption word.  Errors give the line number.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"caption file {path} is a folder, expected a .txt/.csv/.jsonl file")
     if not path.is_file():
         raise UserError(f"caption file not found: {path}")
     classes = set(classes or COCO_CLASSES)
@@ -73,10 +75,9 @@ def read_captions(path: str | Path, classes: Any = None, colors: Any = None, voc
     vocab = set(vocabulary) if vocabulary is not None else None
     suffix = path.suffix.lower()
     out: list[dict] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e})") from None
+    from lightgen.utils import read_text
+
+    text = read_text(path)  # not UTF-8: a UserError naming the file and line
     if suffix == ".txt":
         rows = [(i + 1, line.strip(), None) for i, line in enumerate(text.splitlines())]
     elif suffix == ".csv":
@@ -111,9 +112,16 @@ def read_captions(path: str | Path, classes: Any = None, colors: Any = None, voc
             spec = None
             if "include" in obj:
                 spec = {k: obj[k] for k in ("tag", "include", "exclude") if k in obj}
-                for j, cl in enumerate(obj["include"] if isinstance(obj["include"], list) else [None]):
+                if not isinstance(obj["include"], list):
+                    raise UserError(f"{path}:{i}: 'include' must be a list of objects, got "
+                                    f"{type(obj['include']).__name__}")
+                for j, cl in enumerate(obj["include"]):
                     if not isinstance(cl, dict):
                         raise UserError(f"{path}:{i}: include[{j}] must be an object")
+                    for key in ("class", "color"):
+                        if cl.get(key) is not None and not isinstance(cl[key], str):
+                            raise UserError(f"{path}:{i}: include[{j}].{key} must be a string, got "
+                                            f"{type(cl[key]).__name__}")
                     if cl.get("class") not in classes:
                         raise UserError(f"{path}:{i}: unknown class {cl.get('class')!r} in include[{j}]")
                     if cl.get("color") is not None and cl["color"] not in colors:
@@ -297,6 +305,8 @@ def real_identity(cfg: Any) -> dict:
     if not cfg.world.teacher:
         raise UserError("world.teacher must be set for world.kind=real (a diffusers pipeline path or hub id)")
     cap = Path(cfg.world.caption_file)
+    if cap.is_dir():
+        raise UserError(f"world.caption_file: {cap} is a folder, expected a .txt/.csv/.jsonl file")
     if not cap.is_file():
         raise UserError(f"world.caption_file: file not found: {cap}")
     text_encoder = cfg.model.text_encoder if cfg.model.text_encoder != "toy" else None

@@ -250,12 +250,20 @@ def _memmap_tensor(path: Path, key: str) -> np.ndarray:
 
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
+    if path.is_symlink() and not path.resolve().is_relative_to(Path(folder).resolve()):
+        # like shards: what the dataset is must be inside its folder, not borrowed from elsewhere
+        raise UserError(f"refusing dataset manifest {path}: it is a symlink to {path.resolve()}, outside its "
+                        "folder; delete the folder to rebuild")
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"dataset manifest {path} is unreadable ({e}); delete the folder to rebuild") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
+        raise UserError(f"dataset manifest {path} is not a manifest (expected an object with a 'shards' list); "
+                        "delete the folder to rebuild")
+    return manifest
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

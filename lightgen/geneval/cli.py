@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from lightgen.config import MAX_BOOTSTRAP
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, user_errors
 
 app = typer.Typer(help="GenEval: official/toy prompts, sampling, scoring, summaries.", no_args_is_help=True)
@@ -58,7 +59,7 @@ def sample(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset/YAML (default: the checkpoint's config; smoke with --teacher)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     images_per_prompt: Optional[int] = typer.Option(None, "--images-per-prompt", min=1, help="Default: eval.images_per_prompt (4)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Sampling seed."),
 ) -> None:
     """Sample images for the configured prompt set in GenEval's folder layout (from a checkpoint or the toy teacher)."""
     from lightgen.config import load_config
@@ -68,6 +69,9 @@ def sample(
 
     if (checkpoint is None) == (not teacher):
         raise UserError("give exactly one of --checkpoint PATH or --teacher")
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(out, "--out")  # before any image is sampled
     if teacher:
         cfg = config_from_cli(config or "smoke", sets)
         world = _world(cfg)
@@ -118,7 +122,7 @@ def evaluate(
     outfile: Optional[Path] = typer.Option(None, "--out", help="results.jsonl (default: <folder>/results.jsonl)."),
     config: str = typer.Option("smoke", "--config", "-c", help="Preset/YAML: eval.detector, world, tracking.root."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", min=0, help="Default: eval.bootstrap."),
+    bootstrap: Optional[int] = typer.Option(None, "--bootstrap", min=0, max=MAX_BOOTSTRAP, help="Default: eval.bootstrap."),
     run: Optional[str] = typer.Option(None, "--run", help="Also log metrics + geneval/results.jsonl into this MLflow run."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: tracking.tracking_uri / $MLFLOW_TRACKING_URI."),
 ) -> None:
@@ -141,8 +145,8 @@ def evaluate(
 @user_errors
 def summary(
     results_file: Path = typer.Argument(..., help="results.jsonl (ours or the official evaluator's)."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
-    seed: int = typer.Option(0, "--seed"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, max=MAX_BOOTSTRAP),
+    seed: int = typer.Option(0, "--seed", min=0),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Summarise results.jsonl the way GenEval reports it, with a bootstrap CI."""
@@ -159,9 +163,9 @@ def import_(
     results_file: Path = typer.Argument(..., help="An official GenEval results.jsonl."),
     run: str = typer.Option(..., "--run", help="MLflow run id to log into."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db."),
-    step: int = typer.Option(0, "--step"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=0),
-    seed: int = typer.Option(0, "--seed"),
+    step: int = typer.Option(0, "--step", min=0),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, max=MAX_BOOTSTRAP),
+    seed: int = typer.Option(0, "--seed", min=0),
 ) -> None:
     """Log an official GenEval results.jsonl into an MLflow run (metrics + artifact geneval/results.jsonl)."""
     from lightgen.geneval.summary import read_results, summarize

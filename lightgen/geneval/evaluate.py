@@ -146,8 +146,10 @@ def read_folder(folder: str | Path) -> tuple[list[dict[str, Any]], list[list[str
         mfile = sub / "metadata.jsonl"
         if not mfile.is_file():
             raise UserError(f"{sub}: missing metadata.jsonl")
+        from lightgen.utils import read_text
+
         try:
-            meta = json.loads(mfile.read_text())
+            meta = json.loads(read_text(mfile))  # not UTF-8: a UserError naming the file and line
         except json.JSONDecodeError as e:
             raise UserError(f"{mfile}: not valid JSON ({e.msg})") from None
         from lightgen.geneval.prompts import validate_spec

@@ -180,12 +180,20 @@ def validate_spec(spec: Any, where: str = "metadata") -> None:
     for key in ("tag", "prompt", "include"):
         if key not in spec:
             raise UserError(f"{where}: missing field '{key}'")
+    for key in ("tag", "prompt"):
+        if not isinstance(spec[key], str):
+            raise UserError(f"{where}: field '{key}' must be a string, got {type(spec[key]).__name__}")
+    if "exclude" in spec and not isinstance(spec["exclude"], list):
+        raise UserError(f"{where}: field 'exclude' must be a list, got {type(spec['exclude']).__name__}")
     if not isinstance(spec["include"], list) or not spec["include"]:
         raise UserError(f"{where}: field 'include' must be a non-empty list")
     for part in ("include", "exclude"):
         for j, clause in enumerate(spec.get(part, [])):
             if not isinstance(clause, dict) or "class" not in clause or "count" not in clause:
                 raise UserError(f"{where}: {part}[{j}] needs 'class' and 'count'")
+            for key in ("class", "color"):
+                if key in clause and clause[key] is not None and not isinstance(clause[key], str):
+                    raise UserError(f"{where}: {part}[{j}].{key} must be a string, got {type(clause[key]).__name__}")
             if not isinstance(clause["count"], int) or clause["count"] < 0:
                 raise UserError(f"{where}: {part}[{j}].count must be a non-negative integer")
             if "position" in clause:

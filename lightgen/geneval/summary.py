@@ -29,13 +29,38 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows = []
     for where, row in iter_jsonl(path):
-        missing = [k for k in ("tag", "correct", "metadata") if k not in row]
-        if missing:
-            raise UserError(f"{where}: missing field(s) {', '.join(missing)} (not a GenEval results file?)")
-        rows.append(row)
+        rows.append(check_result(row, where))
     if not rows:
         raise UserError(f"{path}: no results found")
     return rows
+
+
+def check_result(row: Any, where: str) -> dict[str, Any]:
+    """One results.jsonl row, checked: an object with ``tag`` (string), ``correct`` (true/false) and
+    ``metadata`` (an object, or a string holding a JSON object, as the official evaluator writes it)."""
+    from lightgen.cliutil import UserError
+    from lightgen.utils import require_object
+
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(row).__name__} (not a GenEval results file?)")
+    missing = [k for k in ("tag", "correct", "metadata") if k not in row]
+    if missing:
+        raise UserError(f"{where}: missing field(s) {', '.join(missing)} (not a GenEval results file?)")
+    require_object(where, row, {"tag": str, "prompt": str, "filename": str, "reason": str, "correct": (bool, int),
+                                "metadata": (dict, str), "details": (dict, str)})
+    if row["tag"] is None or row["correct"] is None:
+        raise UserError(f"{where}: fields 'tag' and 'correct' must not be null")
+    if isinstance(row["correct"], int) and not isinstance(row["correct"], bool) and row["correct"] not in (0, 1):
+        raise UserError(f"{where}: field 'correct' must be true or false, got {row['correct']!r}")
+    meta = row["metadata"]
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: field 'metadata' is a string but not JSON text of an object") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: field 'metadata' must be an object, got {type(meta).__name__}")
+    return row
 
 
 def write_results(rows: list[dict[str, Any]], path: str | Path) -> Path:

@@ -27,7 +27,10 @@ def train(
     from lightgen.train.pretrain import NonFiniteLossError
     from lightgen.trial import train_and_evaluate
 
-    out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg)
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
+    out = check_folder_path(ckpt_dir, "--checkpoint-dir") if ckpt_dir else checkpoint_dir(cfg)
     exp = experiment or cfg.tracking.experiment or "lightgen-train"
     try:
         with tracking.tracked_run(cfg, experiment=exp, kind="train") as tracker:
@@ -59,7 +62,7 @@ def sample(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder (or a run folder: its newest)."),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeatable)."),
     n: int = typer.Option(4, "--n", min=1, help="Images per prompt."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     out: str = typer.Option("grid.png", "--out", help="PNG grid to write."),
     inpaint: str = typer.Option(None, "--inpaint", help="Image whose unmasked region is kept."),
     mask: str = typer.Option(None, "--mask", help="Mask image: white = generate, black = keep."),

@@ -98,6 +98,11 @@ def train(
     from lightgen.train.pretrain import NonFiniteLossError
 
     cfg = config_from_cli(config, sets)
+    from lightgen.utils import check_folder_path
+
+    check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
+    if ckpt_dir:
+        check_folder_path(ckpt_dir, "--checkpoint-dir")
     base = base or cfg.dpo.base
     if not base:
         raise UserError("give the base model with --base CHECKPOINT|RUN_ID (or dpo.base in the config)")
