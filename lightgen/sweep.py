@@ -349,8 +349,11 @@ def reap_dead_trials(study: Any, tracking_uri: str, *, pids: set[int] | None = N
     return reaped
 
 
-def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
-    """Enqueue every job that has no COMPLETE and no WAITING/RUNNING trial. Returns (enqueued, done)."""
+def enqueue_jobs(plan: Plan, study: Any, *, retry_failed: bool = False) -> tuple[int, int]:
+    """Enqueue every job that has no COMPLETE and no WAITING/RUNNING trial. Returns (enqueued, done).
+
+    A job whose last trial failed permanently (NaN loss, bad input) is left alone unless ``retry_failed``
+    (``lightgen sweep NAME --retry-failed``, after fixing the cause)."""
     from optuna.trial import TrialState
 
     states = job_states(study)
@@ -363,7 +366,7 @@ def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
         if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
         failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent")]
-        if failed:  # a deterministic failure (NaN loss, bad input): do not retry forever
+        if failed and not retry_failed:  # a deterministic failure (NaN loss, bad input): do not retry forever
             continue
         study.enqueue_trial(
             {},
@@ -379,6 +382,20 @@ def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
         )
         enq += 1
     return enq, done
+
+
+def permanently_failed(plan: Plan, study: Any) -> list[str]:
+    """Job keys with no COMPLETE/WAITING/RUNNING trial whose failure was marked permanent."""
+    from optuna.trial import TrialState
+
+    out = []
+    for key, trials in job_states(study).items():
+        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            continue
+        if any(t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent") for t in trials):
+            out.append(key)
+    keys = {j.key for j in plan.jobs}
+    return sorted(k for k in out if k in keys)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -519,6 +536,7 @@ class LaunchOptions:
     runner: str | None = None
     max_restarts: int = 20
     seeds: int | None = None
+    retry_failed: bool = False
 
 
 def resolve_workers(opts: LaunchOptions, cfg: ExperimentConfig) -> list[dict[str, str]]:
@@ -566,9 +584,12 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     parent = ensure_parent_run(plan, tracking_uri)
     with file_lock(root / "optuna" / f"{plan.study_name}.lock"):
         reaped = reap_dead_trials(study, tracking_uri)
-        enq, done = enqueue_jobs(plan, study)
+        enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
+        held = permanently_failed(plan, study)
     log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
-        f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else ""))
+        f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else "")
+        + (f", {len(held)} failed permanently and not retried ({', '.join(held)}); fix the cause and run "
+           f"again with --retry-failed" if held else ""))
     t0 = time.time()
     restarts = 0
     status = "FINISHED"

@@ -66,7 +66,7 @@ def test_resume_gives_the_same_loss_trajectory(ds, tmp_path):
 def test_checkpoint_round_trip_reproduces_outputs(ds, tmp_path):
     res = train(cfg_with("train.iterations=2"), ds, tmp_path, count_flops=False)
     cp = res.checkpoint
-    assert sorted(p.name for p in cp.iterdir()) == sorted(ckpt.FILES)
+    assert sorted(p.name for p in cp.iterdir()) == sorted([*ckpt.FILES, ckpt.CHECKSUMS])
     state = json.loads((cp / "state.json").read_text())
     assert state["step"] == 2 and isinstance(state["rng"]["torch"], list) and "square" in state["vocab"]
     raw, cfg = ckpt.load_checkpoint(cp, weights="model")

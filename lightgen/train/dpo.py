@@ -457,7 +457,9 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     ema = EMA(policy)
     start, state = 0, {}
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    resume_from, corrupt = ckpt.latest_verified_checkpoint(ckpt_dir) if ckpt_dir.exists() else (None, [])
+    if corrupt and tracker is not None and hasattr(tracker, "set_tags"):
+        tracker.set_tags({ckpt.TAG_CORRUPT: "; ".join(corrupt)[:5000]})
     if resume_from is not None:
         ckpt._check_safe(resume_from)
         state = ckpt.read_state(resume_from)

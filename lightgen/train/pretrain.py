@@ -229,7 +229,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- model, optimizer, EMA; resume ------------------------------------------------------------
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    resume_from, corrupt = ckpt.latest_verified_checkpoint(ckpt_dir) if ckpt_dir.exists() else (None, [])
+    if corrupt and tracker is not None and is_main and hasattr(tracker, "set_tags"):
+        tracker.set_tags({ckpt.TAG_CORRUPT: "; ".join(corrupt)[:5000]})
     state: dict[str, Any] = {}
     if resume_from is not None:
         ckpt._check_safe(resume_from)
