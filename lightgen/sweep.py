@@ -194,12 +194,45 @@ class Plan:
     def experiment_name(self) -> str:
         return f"lightgen/{self.sweep.name}"
 
+    @property
+    def job_kind(self) -> str:
+        """What kind of job every point is: ``pretrain``, or ``dpo`` / ``sft`` (``dpo.mode``) from a base."""
+        return "pretrain" if self.sweep.mode in ("train", "iterations") else "dpo"
+
+    @property
+    def base_point_id(self) -> str | None:
+        """The shared base model of a DPO sweep (``checkpoints/<base_point_id>/seed<seed>``), else None."""
+        if self.sweep.mode != "dpo":
+            return None
+        cfg = self.base_config
+        return "base-" + cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
+
+    def point_id_of(self, cfg: ExperimentConfig) -> str:
+        """A point's identity: its config hash and its job kind (and, for DPO/SFT, its base)."""
+        if self.job_kind == "pretrain":
+            return job_point_id(cfg, "pretrain")
+        return job_point_id(cfg, cfg.dpo.mode, base=f"{self.base_point_id}/seed{self.base_config.seed}")
+
     def job_config(self, job: Job) -> ExperimentConfig:
         return load_config(self.preset, job.overrides(self))
 
     @property
     def base_config(self) -> ExperimentConfig:
         return load_config(self.preset, self.common)
+
+
+def job_point_id(cfg: ExperimentConfig, kind: str = "pretrain", base: str | None = None) -> str:
+    """The identity of a point: what is trained (the config hash) and how (the job kind and its base).
+
+    Pre-training (``kind="pretrain"``) keeps the plain config hash, so existing checkpoint folders and runs
+    stay valid. DPO and SFT (``kind`` = ``dpo.mode``) hash the config together with the kind and the base
+    they start from: a DPO point can never share a checkpoint folder, a run tag or a finished trial with a
+    pre-training point of the same config (e.g. the default β next to the default data scale)."""
+    if kind == "pretrain":
+        return cfg.point_id()
+    blob = json.dumps({"point": cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo.base")),
+                       "kind": kind, "base": base}, sort_keys=True)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _label(overrides: dict[str, Any]) -> str:
@@ -230,7 +263,7 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
                 cfg = load_config(preset, {**common, **over, "seed": 0, "data.seed": 0})
             except ConfigError as e:
                 raise ConfigError(f"sweep '{sweep.name}', arm '{arm.name}', point {over}: {e}") from None
-            pid = cfg.point_id()
+            pid = plan.point_id_of(cfg)
             if pid in seen:  # the same point reached by two arms is run once
                 continue
             seen[pid] = Point(arm.name, over, cfg, pid, _label(swept) if swept else arm.name)
@@ -247,16 +280,59 @@ def default_storage_url(root: str | Path) -> str:
     return f"journal:{Path(root) / 'optuna' / 'journal.log'}"
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> Any:
-    """``journal:<path>`` (embedded, one machine, several processes) or any RDB URL (many nodes)."""
+def repair_journal(path: Path) -> str | None:
+    """Cut a torn last line (a writer killed mid-write) off an Optuna journal, keeping the torn bytes in
+    ``journal.log.torn-<time>``; returns what was done, or None. Without this the next append would be glued
+    to the torn line and make the journal unreadable. Holds Optuna's own journal lock meanwhile."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        backup = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        backup.write_bytes(data[cut:])
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return f"Optuna journal {path}: cut a torn last line ({len(data) - cut} bytes, kept in {backup})"
+
+
+def open_storage(url: str, *, heartbeat: bool = True, repair: bool = False, log: Any = None) -> Any:
+    """``journal:<path>`` (embedded, one machine, several processes) or any RDB URL (many nodes).
+
+    A journal is replayed at once, so a damaged one fails here with ``DamagedStoreError`` naming the file;
+    ``repair`` (the launcher) first cuts a torn last line (``repair_journal``)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from lightgen.tracking import DamagedStoreError
+
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        if repair:
+            note = repair_journal(path)
+            if note:
+                (log or (lambda m: print(m, file=sys.stderr)))(f"warning: {note}")
+        try:
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            storage.get_all_studies()  # replays every log line
+        except Exception as e:  # noqa: BLE001 - any replay failure means the file is damaged
+            raise DamagedStoreError(
+                f"Optuna journal {path} is damaged and cannot be replayed ({type(e).__name__}: {e}); restore it "
+                f"from a backup, or move it away to start the study afresh (finished points are then run again "
+                f"from their checkpoints)") from None
+        return storage
     if url.startswith("sqlite"):
         print("warning: SQLite is unsafe for parallel Optuna workers; prefer the default journal storage",
               file=sys.stderr)
@@ -405,9 +481,9 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
     """The sweep's parent run (one per study), created once, reused when the command is re-run."""
     from mlflow.tracking import MlflowClient
 
-    from lightgen.tracking import config_params, git_info, pip_freeze
+    from lightgen.tracking import config_params, ensure_store, git_info, pip_freeze
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(ensure_store(tracking_uri))
     exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
     runs = client.search_runs(
         [exp_id],
@@ -469,7 +545,7 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
                 else:
                     overrides[name] = trial.suggest_float(name, sp.low, sp.high, log=sp.log)
             cfg0 = load_config(plan.preset, {**plan.common, **overrides, "seed": 0, "data.seed": 0})
-            point = Point("tpe", overrides, cfg0, cfg0.point_id(), _label(overrides))
+            point = Point("tpe", overrides, cfg0, plan.point_id_of(cfg0), _label(overrides))
             job = Job(point, 0)
             trial.set_user_attr(JOB_ATTR, job.key)
         elif key is None or key not in jobs:
@@ -567,7 +643,7 @@ def _cuda_device_count() -> int:
 
 def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     """Run (or continue) a sweep to completion. Returns a summary dict."""
-    from lightgen.tracking import check_reachable
+    from lightgen.tracking import check_reachable, ensure_store
 
     sweep = load_sweep(name)
     plan = plan_sweep(sweep, opts.preset, opts.sets, seeds=opts.seeds)
@@ -578,23 +654,30 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     _check_writable(root)
     storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
     workers_env = resolve_workers(opts, cfg)
+    ensure_store(tracking_uri)  # checked, and created once under a file lock, before anything uses it
 
-    storage = open_storage(storage_url, heartbeat=False)
-    study = get_study(plan, storage)
-    parent = ensure_parent_run(plan, tracking_uri)
-    with file_lock(root / "optuna" / f"{plan.study_name}.lock"):
-        reaped = reap_dead_trials(study, tracking_uri)
-        enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
-        held = permanently_failed(plan, study)
-    log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
-        f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else "")
-        + (f", {len(held)} failed permanently and not retried ({', '.join(held)}); fix the cause and run "
-           f"again with --retry-failed" if held else ""))
+    storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
+    lock = root / "optuna" / f"{plan.study_name}.lock"
+    with file_lock(lock):  # two launchers at once: one creates the study and the parent, the other joins
+        study = get_study(plan, storage)
+        parent = ensure_parent_run(plan, tracking_uri)
+    launchers = root / "optuna" / f"{plan.study_name}.launchers"
+    me = _register_launcher(launchers)
     t0 = time.time()
     restarts = 0
     status = "FINISHED"
     procs: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
     try:
+        with file_lock(lock):
+            reaped = reap_dead_trials(study, tracking_uri)
+            enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
+            held = permanently_failed(plan, study)
+        others = _other_launchers(launchers)
+        log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
+            f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else "")
+            + (f"; joining {len(others)} running launcher(s) {others}" if others else "")
+            + (f", {len(held)} failed permanently and not retried ({', '.join(held)}); fix the cause and run "
+               f"again with --retry-failed" if held else ""))
         if not _has_waiting(study) and not (plan.sweep.sampler == "tpe" and plan.sweep.budget):
             workers_env = []  # nothing to do: a finished sweep re-run does nothing new
         for env in workers_env:
@@ -609,7 +692,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                 del procs[pid]
                 if rc != 0:
                     # a dead worker: fail its trial, mark its run KILLED, put the job back, replace it
-                    with file_lock(root / "optuna" / f"{plan.study_name}.lock"):
+                    with file_lock(lock):
                         dead = reap_dead_trials(study, tracking_uri, pids={pid})
                         enqueue_jobs(plan, study)
                     log(f"worker {pid} died (exit {rc}); requeued {dead or 'nothing'}")
@@ -619,6 +702,13 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                         procs[np_.pid] = (np_, env)
                     elif restarts >= opts.max_restarts:
                         status = "FAILED"
+        # joined another launcher: its jobs are still running; wait for them instead of failing the sweep
+        waited = False
+        while _has_active(study) and _other_launchers(launchers):
+            if not waited:
+                log("waiting for the other launcher(s) of this sweep to finish their jobs")
+                waited = True
+            time.sleep(1.0)
     except KeyboardInterrupt:
         status = "KILLED"
         for p, _ in procs.values():
@@ -628,13 +718,19 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
         raise
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
+        with contextlib.suppress(OSError):
+            me.unlink()
         summary = sweep_status(plan, study)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
         if status == "FINISHED" and summary["pending"] > 0:
             status = "FAILED" if summary["failed_points"] else "RUNNING"
+        others = _other_launchers(launchers)
         with contextlib.suppress(Exception):
             from mlflow.entities import Metric
 
@@ -642,11 +738,47 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                 Metric("sweep/complete", summary["complete"], int(time.time() * 1000), 0),
                 Metric("sweep/wall_seconds", time.time() - t0, int(time.time() * 1000), 0),
             ])
-            client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
+            if not others:  # the last launcher out ends the shared parent run
+                client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
     summary["wall_seconds"] = time.time() - t0
     summary["parent_run_id"] = parent
     summary["status"] = status
     return summary
+
+
+def _has_active(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+
+
+def _register_launcher(folder: Path) -> Path:
+    """Record this launcher (``<study>.launchers/<pid>``) so that concurrent launchers of a sweep know of
+    each other: the last one out ends the parent run; an earlier one waits for the others' jobs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    me = folder / str(os.getpid())
+    me.write_text(socket.gethostname())
+    return me
+
+
+def _other_launchers(folder: Path) -> list[int]:
+    """Live launchers of this sweep on this host other than this process (stale entries are removed)."""
+    out = []
+    host = socket.gethostname()
+    for f in folder.glob("*") if folder.is_dir() else []:
+        if not f.name.isdigit() or int(f.name) == os.getpid():
+            continue
+        try:
+            if f.read_text().strip() not in ("", host):
+                continue  # another node's launcher: its liveness cannot be checked from here
+        except OSError:
+            continue
+        if _pid_alive(int(f.name)):
+            out.append(int(f.name))
+        else:
+            with contextlib.suppress(OSError):
+                f.unlink()
+    return out
 
 
 def _has_waiting(study: Any) -> bool:

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from lightgen.cliutil import UserError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -85,12 +87,94 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from None
 
 
+class DamagedStoreError(UserError, ConnectionError):
+    """A tracking or Optuna store that exists but cannot be used as it is; the message names the file
+    and the fix. Commands report it as a user error (exit code 2), like an unreachable store."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``None`` for other stores or in-memory)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_sqlite_store(db: Path) -> None:
+    """Refuse a damaged MLflow SQLite store with a message naming the file: zero bytes (truncated),
+    not a database, ``PRAGMA integrity_check`` failing, or a schema migration left half done."""
+    import sqlite3
+
+    if not db.exists():
+        return
+    fix = (f"restore {db} from a backup, or move it away to start a new store "
+           f"(checkpoints under tracking.root are kept and resumed)")
+    if db.stat().st_size == 0:
+        raise DamagedStoreError(f"MLflow store {db} is empty (0 bytes): it was truncated and every run in it "
+                                f"is gone; {fix}")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
+        try:
+            problems = [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise DamagedStoreError(f"MLflow store {db} is damaged ({e}); {fix}") from None
+    if problems != ["ok"]:
+        raise DamagedStoreError(f"MLflow store {db} fails SQLite's integrity check "
+                                f"({'; '.join(problems[:3])}); {fix}")
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        drops = "; ".join(f"DROP TABLE {t}" for t in leftovers)
+        raise DamagedStoreError(f"MLflow store {db}: an interrupted schema migration left {', '.join(leftovers)}; "
+                                f"run sqlite3 {db} \"{drops};\" and try again (the migration is then redone)")
+    if tables and "experiments" not in tables:
+        raise DamagedStoreError(f"{db} is a SQLite database but not an MLflow store (no 'experiments' table)")
+
+
+_STORES_READY: set[str] = set()
+
+
+def ensure_store(tracking_uri: str | None = None) -> str:
+    """Check the tracking store and create its schema once, under a file lock, before any client uses it.
+
+    For SQLite: two processes creating a fresh ``mlflow.db`` at once would both run MLflow's migrations and
+    leave the store unusable; here the first creates it while the others wait on ``<db>.lock``, then
+    find it at the current schema. A damaged store raises ``DamagedStoreError``. Once per process and URI.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(uri)
+    if db is None or uri in _STORES_READY:
+        return uri
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow()
+    if db.parent.is_dir():
+        with open(db.with_name(db.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                check_sqlite_store(db)
+                try:
+                    MlflowClient(uri).search_experiments(max_results=1)  # creates / migrates the schema
+                except Exception as e:  # noqa: BLE001 - name the file, whatever the driver raised
+                    raise DamagedStoreError(f"MLflow store {db} cannot be opened ({type(e).__name__}: "
+                                            f"{str(e).splitlines()[0][:300] if str(e) else ''}); restore it "
+                                            f"from a backup, or move it away to start a new store") from None
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _STORES_READY.add(uri)
+    return uri
+
+
 def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Create the experiment once (before spawning workers: concurrent creation races)."""
     from mlflow.tracking import MlflowClient
 
     quiet_mlflow()
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(ensure_store(tracking_uri))
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -242,7 +326,7 @@ def tracked_run(
     """
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(getattr(getattr(cfg, "tracking", None), "tracking_uri", None))
+    uri = ensure_store(getattr(getattr(cfg, "tracking", None), "tracking_uri", None))
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(experiment, uri)
     commit, dirty = git_info()

@@ -19,6 +19,7 @@ import numpy as np
 from lightgen.config import ExperimentConfig
 from lightgen.tracking import (
     TAG_BASE_RUN,
+    TAG_POINT,
     TAG_STUDY,
     TAG_SWEEP,
     TAG_TRIAL,
@@ -166,6 +167,7 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
     cfg = cfg.model_copy(deep=True)
     cfg.tracking.tracking_uri = tracking_uri
     tags = {
+        TAG_POINT: job.point.point_id,  # the job's identity (kind included), not the bare config hash
         TAG_SWEEP: plan.sweep.name,
         TAG_STUDY: plan.study_name,
         TAG_TRIAL: trial.number,
@@ -198,8 +200,7 @@ def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> 
 
     cfg = plan.base_config.model_copy(deep=True)
     cfg.tracking.tracking_uri = tracking_uri
-    pid = cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
-    ckpt_dir = Path(cfg.tracking.root) / "checkpoints" / f"base-{pid}" / f"seed{cfg.seed}"
+    ckpt_dir = Path(cfg.tracking.root) / "checkpoints" / plan.base_point_id / f"seed{cfg.seed}"
     done = ckpt_dir / "BASE_DONE.json"
     with file_lock(ckpt_dir.parent / "base.lock"):
         if done.is_file():
@@ -207,7 +208,8 @@ def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> 
             return info["checkpoint"], info["run_id"]
         with tracked_run(cfg, experiment=plan.experiment_name, run_name="base model",
                          parent_run_id=parent_run_id, kind="base",
-                         tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name}) as tracker:
+                         tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name,
+                               TAG_POINT: plan.base_point_id}) as tracker:
             train_and_evaluate(cfg, tracker, ckpt_dir, mode="train")
             from lightgen.train.checkpoint import latest_checkpoint
 

@@ -9,9 +9,10 @@ import typer
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
 
 
-def checkpoint_dir(cfg) -> Path:
-    """``<root>/checkpoints/<point_id>/seed<seed>/`` (docs/ARCHITECTURE.md)."""
-    return cfg.root_path() / "checkpoints" / cfg.point_id() / f"seed{cfg.seed}"
+def checkpoint_dir(cfg, point_id: str | None = None) -> Path:
+    """``<root>/checkpoints/<point_id>/seed<seed>/`` (docs/ARCHITECTURE.md); ``point_id`` defaults to the
+    pre-training identity of ``cfg``."""
+    return cfg.root_path() / "checkpoints" / (point_id or cfg.point_id()) / f"seed{cfg.seed}"
 
 
 @user_errors
