@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"
 TAG_SEED = "lightgen.seed"
 TAG_BASE_RUN = "lightgen.base_run_id"
+TAG_PID = "lightgen.pid"  # process and host that last ran the run (a RUNNING run whose process is gone is stale)
+TAG_HOST = "lightgen.host"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -259,6 +262,11 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
             self.log_calls += 1
         self._last_flush = time.monotonic()
+        if synchronous:  # earlier asynchronous batches too: everything logged so far is in the store
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                mlflow.flush_async_logging()
 
     # -- params / tags ------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -338,6 +346,8 @@ def tracked_run(
         TAG_DIRTY: str(dirty).lower(),
         TAG_POINT: cfg.point_id(),
         TAG_SEED: cfg.seed,
+        TAG_PID: os.getpid(),
+        TAG_HOST: socket.gethostname(),
     }
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -347,6 +357,8 @@ def tracked_run(
         run_id = run.info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, TAG_PID, str(os.getpid()))
+        client.set_tag(run_id, TAG_HOST, socket.gethostname())
     tracker = Tracker(run_id, uri)
     if log_config:
         tracker.log_params(config_params(cfg))
@@ -425,3 +437,34 @@ def mark_stale_runs(experiment_id: str, tracking_uri: str, run_ids: list[str] | 
         except Exception:  # noqa: BLE001
             continue
     return n
+
+
+def stale_run_to_resume(tracking_uri: str, experiment: str, checkpoint: str | Path) -> str | None:
+    """The run of an earlier ``lightgen train`` on ``checkpoint`` that was killed (still RUNNING, its process
+    gone): its id, to resume it so that one run holds the whole history. Older stale runs of the same
+    folder are marked KILLED. A run whose process is alive on this host is left alone (None)."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.sweep import _pid_alive
+
+    uri = ensure_store(tracking_uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    folder = str(checkpoint).replace("'", "\\'")
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`lightgen.checkpoint` = '{folder}' and attributes.status = 'RUNNING'"),
+        order_by=["attributes.start_time DESC"], max_results=100)
+    stale = []
+    for r in runs:
+        pid, host = r.data.tags.get(TAG_PID), r.data.tags.get(TAG_HOST)
+        if host == socket.gethostname() and pid and pid.isdigit() and _pid_alive(int(pid)):
+            continue  # another process is training it right now
+        if host not in (None, socket.gethostname()):
+            continue  # another node's run: its liveness cannot be checked from here
+        stale.append(r.info.run_id)
+    if not stale:
+        return None
+    mark_stale_runs(exp.experiment_id, uri, run_ids=stale[1:], status="KILLED")
+    return stale[0]

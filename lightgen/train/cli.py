@@ -30,8 +30,12 @@ def train(
 
     out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg)
     exp = experiment or cfg.tracking.experiment or "lightgen-train"
+    # a killed earlier run of this folder (SIGKILL leaves it RUNNING) is resumed: one run, the whole history
+    resume_id = tracking.stale_run_to_resume(cfg.tracking.tracking_uri, exp, out)
+    if resume_id:
+        echo(f"resuming MLflow run {resume_id} (its process is gone; checkpoints in {out})")
     try:
-        with tracking.tracked_run(cfg, experiment=exp, kind="train") as tracker:
+        with tracking.tracked_run(cfg, experiment=exp, kind="train", run_id=resume_id) as tracker:
             tracker.set_tags({"lightgen.checkpoint": str(out)})
             summary = train_and_evaluate(cfg, tracker, out, mode="train", progress=True)
     except NonFiniteLossError as e:

@@ -564,6 +564,8 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
                 n_stat = n_sft = 0
                 t_log = now
             if ckpt_now:
+                if tracker is not None and hasattr(tracker, "flush"):
+                    tracker.flush(synchronous=True)  # the metrics up to this step land with the checkpoint
                 last_ckpt = ckpt.save_checkpoint(ckpt_dir, done, policy, ema.state_dict(), opt, cfg, vocab,
                                                  extra={**identity, "device_seconds": device_seconds})
     finally:

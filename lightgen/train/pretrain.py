@@ -313,6 +313,8 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
             dist.barrier()
         if not is_main:
             return step_dir_path(step)
+        if tracker is not None and hasattr(tracker, "flush"):
+            tracker.flush(synchronous=True)  # the metrics up to this step land with the checkpoint
         return ckpt.save_checkpoint(ckpt_dir, step, model, ema.state_dict(), opt, cfg, vocab,
                                     extra={"flops_per_sample": flops_per_sample, "device_seconds": device_seconds})
 
