@@ -37,6 +37,7 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lightgen.redact import redact
 from lightgen.config import REPO_ROOT, ConfigError, ExperimentConfig, load_config, parse_size, size_label
 from lightgen.tracking import (
     TAG_KIND,
@@ -343,7 +344,7 @@ def open_storage(url: str, *, heartbeat: bool = True, repair: bool = False, log:
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=10))
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
     except Exception as e:  # noqa: BLE001 - report any driver/connection failure clearly
-        raise ConnectionError(f"Optuna storage {url} is unreachable or invalid: {e}") from None
+        raise ConnectionError(f"Optuna storage {redact(url)} is unreachable or invalid: {redact(str(e))}") from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -513,10 +514,10 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
 
     params = {**config_params(plan.base_config), "lightgen.sweep": plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-    client.log_text(run_id, plan.sweep.model_dump_json(indent=2), "sweep.json")
+    client.log_text(run_id, redact(plan.sweep.model_dump_json(indent=2)), "sweep.json")
     client.log_text(run_id, pip_freeze(), "pip-freeze.txt")
     return run_id
 
@@ -569,10 +570,10 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
                            trial=trial)
         except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
             trial.set_user_attr("lightgen.permanent", True)
-            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         except Exception as e:
-            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         return float(value)
 
@@ -592,9 +593,14 @@ def _resolve_runner(spec: str | None) -> Any:
     """The function that runs one trial: ``module:function`` (tests inject fakes), default the real one."""
     import importlib
 
-    spec = spec or os.environ.get("LIGHTGEN_TRIAL_RUNNER") or "lightgen.trial:run_trial"
+    spec = spec or "lightgen.trial:run_trial"
     mod, _, fn = spec.partition(":")
+    if mod not in TRIAL_RUNNER_MODULES:  # the hook is for tests, not a way to run arbitrary code
+        raise ConfigError(f"--runner {spec!r}: a trial runner must come from {' or '.join(TRIAL_RUNNER_MODULES)}")
     return getattr(importlib.import_module(mod), fn)
+
+
+TRIAL_RUNNER_MODULES = ("lightgen.trial", "lightgen.testing")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -646,6 +652,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     from lightgen.tracking import check_reachable, ensure_store
 
     sweep = load_sweep(name)
+    _resolve_runner(opts.runner)  # refuse a runner outside the allowed modules before anything starts
     plan = plan_sweep(sweep, opts.preset, opts.sets, seeds=opts.seeds)
     cfg = plan.base_config
     tracking_uri = resolve_tracking_uri(opts.tracking_uri or cfg.tracking.tracking_uri)
@@ -797,17 +804,23 @@ def _check_writable(root: Path) -> None:
         raise ConfigError(f"tracking.root '{root}' is not writable: {e.strerror}") from None
 
 
+ENV_STORAGE = "LIGHTGEN_STORAGE_URL"
+ENV_TRACKING = "LIGHTGEN_TRACKING_URI"
+ENV_SETS = "LIGHTGEN_WORKER_SETS"
+
+
 def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri: str, parent: str,
                   env_extra: dict[str, str]) -> subprocess.Popen:
+    """A worker process. Storage URL, tracking URI and --set values (any of which may hold a password) go
+    through the environment, never the command line that ``ps`` shows to every user."""
     cmd = [sys.executable, "-m", "lightgen.sweep", "worker", name, "--preset", opts.preset,
-           "--storage", storage_url, "--tracking-uri", tracking_uri, "--parent-run-id", parent]
-    for k, v in opts.sets.items():
-        cmd += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+           "--parent-run-id", parent]
     if opts.runner:
         cmd += ["--runner", opts.runner]
     if opts.seeds:
         cmd += ["--seeds", str(opts.seeds)]
-    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", ENV_STORAGE: storage_url, ENV_TRACKING: tracking_uri,
+           ENV_SETS: json.dumps(opts.sets, default=str)}
     return subprocess.Popen(cmd, env=env, cwd=os.getcwd())
 
 
@@ -880,8 +893,8 @@ def _worker_main(argv: list[str]) -> int:
     ap.add_argument("cmd", choices=["worker"])
     ap.add_argument("name")
     ap.add_argument("--preset", required=True)
-    ap.add_argument("--storage", required=True)
-    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--storage", default=os.environ.get(ENV_STORAGE))
+    ap.add_argument("--tracking-uri", default=os.environ.get(ENV_TRACKING))
     ap.add_argument("--parent-run-id", required=True)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runner", default=None)
@@ -889,7 +902,9 @@ def _worker_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     from lightgen.config import _parse_scalar, _split_override
 
-    sets = {}
+    if not a.storage or not a.tracking_uri:
+        ap.error(f"the storage and tracking URI come from ${ENV_STORAGE} / ${ENV_TRACKING} (or --storage / --tracking-uri)")
+    sets = json.loads(os.environ.get(ENV_SETS) or "{}")
     for s in a.set:
         k, v = _split_override(s)
         sets[k] = _parse_scalar(v)

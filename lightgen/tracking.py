@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lightgen.cliutil import UserError
+from lightgen.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -87,7 +88,7 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     try:
         urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - URL given by the user
     except (urllib.error.URLError, OSError) as e:
-        raise ConnectionError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from None
+        raise ConnectionError(f"MLflow tracking server {redact(tracking_uri)} is unreachable: {redact(str(e))}") from None
 
 
 class DamagedStoreError(UserError, ConnectionError):
@@ -224,7 +225,7 @@ def config_params(cfg: Any) -> dict[str, str]:
 
 def _param_str(v: Any) -> str:
     s = str(v) if not isinstance(v, (list, tuple)) else "[" + ", ".join(str(x) for x in v) + "]"
-    return s[:6000]
+    return redact(s)[:6000]  # never a password in a param
 
 
 class Tracker:
@@ -282,7 +283,7 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         if items:
             self.client.log_batch(self.run_id, tags=items)
             self.log_calls += 1
@@ -362,7 +363,7 @@ def tracked_run(
     tracker = Tracker(run_id, uri)
     if log_config:
         tracker.log_params(config_params(cfg))
-        tracker.log_text(cfg.to_yaml(), "config.yaml")
+        tracker.log_text(redact(cfg.to_yaml()), "config.yaml")
         tracker.log_text(pip_freeze(), "pip-freeze.txt")
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -407,7 +408,7 @@ def _system_metrics_monitor(cfg: Any, run_id: str, uri: str) -> Any:
 
 def _safe_end(tracker: Tracker, status: str, reason: str) -> None:
     try:
-        tracker.set_tags({"lightgen.failure": reason[:5000]})
+        tracker.set_tags({"lightgen.failure": redact(reason)[:5000]})
         tracker.end(status)
     except Exception as e:  # noqa: BLE001 - never mask the original error
         print(f"warning: could not mark run {tracker.run_id} {status}: {e}", file=sys.stderr)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lightgen import redact
 from lightgen.cliutil import UserError
 from lightgen.config import ExperimentConfig, load_config, read_yaml
 
@@ -205,7 +206,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, ema: di
     save_file(opt_t, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, "rng": rng_state(), "vocab": vocab, **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state))
-    (tmp / "config.yaml").write_text(cfg.to_yaml())
+    (tmp / "config.yaml").write_text(redact.config_yaml(cfg))  # no credentials in checkpoints
     write_checksums(tmp)
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(f, "rb") as fh:
