@@ -469,3 +469,21 @@ def stale_run_to_resume(tracking_uri: str, experiment: str, checkpoint: str | Pa
         return None
     mark_stale_runs(exp.experiment_id, uri, run_ids=stale[1:], status="KILLED")
     return stale[0]
+
+
+def copy_metric_history(client: Any, src_run: str, dst_run: str, *, max_step: int,
+                        skip_prefixes: tuple[str, ...] = ("data/", "system/")) -> int:
+    """Copy ``src_run``'s metric history up to ``max_step`` into ``dst_run`` (a resumed trial's new run then
+    shows the whole curve, not only the steps after the resume). Returns the number of points copied."""
+    from mlflow.entities import Metric
+
+    src = client.get_run(src_run)
+    points = []
+    for key in src.data.metrics:
+        if key.startswith(skip_prefixes):
+            continue
+        points += [Metric(key, m.value, m.timestamp, m.step) for m in client.get_metric_history(src_run, key)
+                   if m.step <= max_step]
+    for i in range(0, len(points), 1000):
+        client.log_batch(dst_run, metrics=points[i : i + 1000])
+    return len(points)

@@ -86,3 +86,35 @@ def test_checkpoints_without_checksums_still_load(ds, tmp_path):
     (res.checkpoint / ckpt.CHECKSUMS).unlink()  # written before checksums existed
     model, cfg = ckpt.load_checkpoint(res.checkpoint)
     assert cfg.model.width == 32
+
+
+def test_a_resumed_trial_run_carries_the_history_up_to_its_checkpoint(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import Tracker, ensure_store
+    from lightgen.trial import carry_over_history
+
+    uri = ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(uri)
+    exp = client.create_experiment("t")
+    killed = client.create_run(exp).info.run_id
+    client.log_batch(killed, metrics=[Metric("train/loss", 1.0 / s, 0, s) for s in range(1, 7)]
+                     + [Metric("data/distinct_2", 0.5, 0, 0)])
+    cp = tmp_path / "ck" / "step-0000004"  # the checkpoint the retry resumes from
+    cp.mkdir(parents=True)
+    for f in ckpt.FILES:
+        (cp / f).write_text("{}")
+    (cp / "state.json").write_text(json.dumps({"step": 4}))
+    new = client.create_run(exp).info.run_id
+    trials = [SimpleNamespace(number=0, user_attrs={"lightgen.job": "j-s0", "mlflow_run_id": killed}),
+              SimpleNamespace(number=1, user_attrs={"lightgen.job": "j-s0", "mlflow_run_id": new})]
+    trial = SimpleNamespace(number=1, study=SimpleNamespace(get_trials=lambda deepcopy=False: trials))
+    tracker = Tracker(new, uri)
+    assert carry_over_history(tracker, trial, "j-s0", tmp_path / "ck") == 4
+    assert [m.step for m in client.get_metric_history(new, "train/loss")] == [1, 2, 3, 4]
+    run = client.get_run(new)
+    assert "data/distinct_2" not in run.data.metrics and run.data.tags["lightgen.resumed_from_run"] == killed
