@@ -461,6 +461,40 @@ def enqueue_jobs(plan: Plan, study: Any, *, retry_failed: bool = False) -> tuple
     return enq, done
 
 
+def restore_from_mlflow(plan: Plan, study: Any, tracking_uri: str) -> list[str]:
+    """Jobs that MLflow knows as FINISHED trial runs of this study but the Optuna study has no trial of
+    (an emptied or lost journal) are added back as COMPLETE trials with their logged objective, so they
+    are not run again. Returns the restored job keys."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    states = job_states(study)
+    keys = {j.key: j for j in plan.jobs}
+    missing = [k for k in keys if k not in states]
+    if not missing:
+        return []
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment_name)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`{TAG_STUDY}` = '{plan.study_name}' and tags.`{TAG_KIND}` = 'trial' and attributes.status = 'FINISHED'"),
+        max_results=50000)
+    restored = []
+    for r in runs:
+        key = r.data.tags.get(JOB_ATTR)
+        value = r.data.metrics.get(plan.sweep.objective)
+        if key not in missing or key in restored or value is None:
+            continue
+        job = keys[key]
+        study.add_trial(optuna.trial.create_trial(value=float(value), params={}, distributions={}, user_attrs={
+            JOB_ATTR: key, "point_id": job.point.point_id, "seed": job.seed, "label": job.point.label,
+            "arm": job.point.arm, "overrides": json.dumps(job.point.overrides, default=str),
+            "mlflow_run_id": r.info.run_id, "lightgen.restored": "from MLflow (the journal had no trial of it)"}))
+        restored.append(key)
+    return restored
+
+
 def permanently_failed(plan: Plan, study: Any) -> list[str]:
     """Job keys with no COMPLETE/WAITING/RUNNING trial whose failure was marked permanent."""
     from optuna.trial import TrialState
@@ -677,6 +711,10 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     try:
         with file_lock(lock):
             reaped = reap_dead_trials(study, tracking_uri)
+            restored = restore_from_mlflow(plan, study, tracking_uri)
+            if restored:
+                log(f"warning: the Optuna journal had no trial of {len(restored)} job(s) that MLflow holds as "
+                    f"FINISHED (an emptied or replaced journal); restored them as complete: {', '.join(restored)}")
             enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
             held = permanently_failed(plan, study)
         others = _other_launchers(launchers)

@@ -146,3 +146,16 @@ def test_sweep_on_a_zero_byte_mlflow_db_exits_2_and_keeps_nothing_running(tmp_pa
     (tmp_path / "mlflow.db").unlink()
     res = _sweep(tmp_path)
     assert res.returncode == 2 and "journal.log is damaged" in res.stderr, res.stdout + res.stderr
+
+
+@pytest.mark.fault
+def test_emptied_journal_does_not_rerun_finished_jobs(tmp_path):
+    res = _sweep(tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (tmp_path / "mlruns" / "optuna" / "journal.log").write_bytes(b"")
+    res = _sweep(tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0 and "restored them as complete" in out and "5 done, 0 enqueued" in out, out
+    trials = _runs(tmp_path)
+    trials = trials[trials["tags.lightgen.kind"] == "trial"]
+    assert len(trials) == 5 and (trials["status"] == "FINISHED").all()  # not one more run per point
