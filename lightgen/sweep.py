@@ -15,6 +15,12 @@ journal storage (Optuna heartbeats exist only for RDB storage) the launcher watc
 dies, its RUNNING trial is failed, its MLflow run marked KILLED, and the job is enqueued again; the retry
 resumes from the checkpoint of that point and seed (checkpoints are keyed by point and seed, not by
 trial). On an RDB storage, heartbeats plus ``RetryHeartbeatStaleTrialCallback`` do the same across nodes.
+
+State that survives: the MLflow store is created once under a file lock; concurrent launchers register and
+join one another (the last out ends the parent run); a damaged journal is refused naming the file, a torn
+last line is cut; jobs the journal lost but MLflow holds as FINISHED are restored. Workers receive the
+storage URL, tracking URI and ``--set`` values by environment (passwords never on a command line). The
+``--runner`` hook (tests) accepts only ``lightgen.trial`` and ``lightgen.testing`` functions.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Names here are a contract that the analysis scripts and tests rely on:
   ``data.scale_label`` (the nominal label) and ``data.actual_size``;
 * tags: ``lightgen.sweep``, ``lightgen.point_id``, ``lightgen.world``, ``lightgen.preset``,
   ``lightgen.git_commit``, ``lightgen.git_dirty``, ``lightgen.kind`` (sweep|trial|train|dpo|eval),
-  ``optuna.study``, ``optuna.trial``;
+  ``optuna.study``, ``optuna.trial``, ``lightgen.pid`` / ``lightgen.host`` (the process that last ran it),
+  ``lightgen.corrupt_checkpoints`` (skipped on resume), ``lightgen.resumed_from_run`` (history copied from);
 * metrics: ``geneval/<task>``, ``geneval/overall``, ``geneval/overall_ci_low|high``,
   ``geneval_seen/…``, ``geneval_unseen/…``, ``train/loss`` …, ``compute/…``, ``data/…``;
 * artifacts: ``config.yaml``, ``pip-freeze.txt``, ``samples/…png``, ``geneval/results.jsonl``.

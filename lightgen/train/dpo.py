@@ -539,7 +539,7 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
             ckpt_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == dc.iterations
             if (log_now or ckpt_now) and bool(bad):
                 raise NonFiniteLossError(f"non-finite {dc.mode} loss by step {done} (β={dc.beta}, lr={dc.lr}); "
-                                         f"last good checkpoint: {last_ckpt or 'none'}")
+                                         f"last verified checkpoint: {last_ckpt or 'none'}")
             if log_now:
                 now = time.perf_counter()
                 device_seconds += now - t_log

@@ -362,7 +362,7 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                 if bool(bad):  # one host sync per log interval, and always before saving
                     raise NonFiniteLossError(
                         f"non-finite loss between steps {done - n_acc // tc.grad_accum + 1} and {done}; "
-                        f"last good checkpoint: {last_ckpt or 'none'}"
+                        f"last verified checkpoint: {last_ckpt or 'none'}"
                     )
             if log_now:
                 now = time.perf_counter()
