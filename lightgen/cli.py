@@ -49,6 +49,8 @@ def sweep(
     seeds: int = typer.Option(None, "--seeds", min=1, max=1000, help="Replicates per point (overrides the sweep's)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print points, datasets, checkpoints and compute; run nothing."),
     status: bool = typer.Option(False, "--status", help="Show progress per point and exit."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run again the jobs that failed permanently (NaN loss, bad input)."),
     runner: str = typer.Option(None, "--runner", hidden=True, help="module:function running one trial (tests)."),
 ) -> None:
     """Run (or continue) an ablation sweep as an Optuna study; every trial is a child run in MLflow."""
@@ -74,7 +76,8 @@ def sweep(
         except ValueError:
             raise UserError(f"--gpus must be comma-separated integers, got '{gpus}'") from None
     opts = sw.LaunchOptions(preset=preset, sets=overrides, gpus=gpu_list, workers_per_gpu=workers_per_gpu,
-                            workers=workers, storage=storage, tracking_uri=tracking_uri, runner=runner, seeds=seeds)
+                            workers=workers, storage=storage, tracking_uri=tracking_uri, runner=runner, seeds=seeds,
+                            retry_failed=retry_failed)
     try:
         result = sw.launch(name, opts, log=lambda m: console.print(m, highlight=False))
     except (ConnectionError, PermissionError) as e:

@@ -15,6 +15,12 @@ journal storage (Optuna heartbeats exist only for RDB storage) the launcher watc
 dies, its RUNNING trial is failed, its MLflow run marked KILLED, and the job is enqueued again; the retry
 resumes from the checkpoint of that point and seed (checkpoints are keyed by point and seed, not by
 trial). On an RDB storage, heartbeats plus ``RetryHeartbeatStaleTrialCallback`` do the same across nodes.
+
+State that survives: the MLflow store is created once under a file lock; concurrent launchers register and
+join one another (the last out ends the parent run); a damaged journal is refused naming the file, a torn
+last line is cut; jobs the journal lost but MLflow holds as FINISHED are restored. Workers receive the
+storage URL, tracking URI and ``--set`` values by environment (passwords never on a command line). The
+``--runner`` hook (tests) accepts only ``lightgen.trial`` and ``lightgen.testing`` functions.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lightgen.redact import redact
 from lightgen.utils import file_lock
 from lightgen.config import (
     REPO_ROOT,
@@ -304,12 +311,45 @@ class Plan:
     def experiment_name(self) -> str:
         return f"lightgen/{self.sweep.name}"
 
+    @property
+    def job_kind(self) -> str:
+        """What kind of job every point is: ``pretrain``, or ``dpo`` / ``sft`` (``dpo.mode``) from a base."""
+        return "pretrain" if self.sweep.mode in ("train", "iterations") else "dpo"
+
+    @property
+    def base_point_id(self) -> str | None:
+        """The shared base model of a DPO sweep (``checkpoints/<base_point_id>/seed<seed>``), else None."""
+        if self.sweep.mode != "dpo":
+            return None
+        cfg = self.base_config
+        return "base-" + cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
+
+    def point_id_of(self, cfg: ExperimentConfig) -> str:
+        """A point's identity: its config hash and its job kind (and, for DPO/SFT, its base)."""
+        if self.job_kind == "pretrain":
+            return job_point_id(cfg, "pretrain")
+        return job_point_id(cfg, cfg.dpo.mode, base=f"{self.base_point_id}/seed{self.base_config.seed}")
+
     def job_config(self, job: Job) -> ExperimentConfig:
         return load_config(self.preset, job.overrides(self))
 
     @property
     def base_config(self) -> ExperimentConfig:
         return load_config(self.preset, self.common)
+
+
+def job_point_id(cfg: ExperimentConfig, kind: str = "pretrain", base: str | None = None) -> str:
+    """The identity of a point: what is trained (the config hash) and how (the job kind and its base).
+
+    Pre-training (``kind="pretrain"``) keeps the plain config hash, so existing checkpoint folders and runs
+    stay valid. DPO and SFT (``kind`` = ``dpo.mode``) hash the config together with the kind and the base
+    they start from: a DPO point can never share a checkpoint folder, a run tag or a finished trial with a
+    pre-training point of the same config (e.g. the default β next to the default data scale)."""
+    if kind == "pretrain":
+        return cfg.point_id()
+    blob = json.dumps({"point": cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo.base")),
+                       "kind": kind, "base": base}, sort_keys=True)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _label(overrides: dict[str, Any]) -> str:
@@ -343,7 +383,7 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
                 cfg = load_config(preset, {**common, **over, "seed": 0, "data.seed": 0})
             except ConfigError as e:
                 raise ConfigError(f"sweep '{sweep.name}', arm '{arm.name}', point {over}: {e}") from None
-            pid = cfg.point_id()
+            pid = plan.point_id_of(cfg)
             if pid in seen:  # the same point reached by two arms is run once
                 continue
             seen[pid] = Point(arm.name, over, cfg, pid, _label(swept) if swept else arm.name)
@@ -389,16 +429,59 @@ def check_storage_url(url: str, what: str = "--storage") -> None:
         raise ConfigError(f"{what} {url!r}: {blocker} is a regular file, so {path} cannot be created under it")
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> Any:
-    """``journal:<path>`` (embedded, one machine, several processes) or any RDB URL (many nodes)."""
+def repair_journal(path: Path) -> str | None:
+    """Cut a torn last line (a writer killed mid-write) off an Optuna journal, keeping the torn bytes in
+    ``journal.log.torn-<time>``; returns what was done, or None. Without this the next append would be glued
+    to the torn line and make the journal unreadable. Holds Optuna's own journal lock meanwhile."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        backup = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        backup.write_bytes(data[cut:])
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return f"Optuna journal {path}: cut a torn last line ({len(data) - cut} bytes, kept in {backup})"
+
+
+def open_storage(url: str, *, heartbeat: bool = True, repair: bool = False, log: Any = None) -> Any:
+    """``journal:<path>`` (embedded, one machine, several processes) or any RDB URL (many nodes).
+
+    A journal is replayed at once, so a damaged one fails here with ``DamagedStoreError`` naming the file;
+    ``repair`` (the launcher) first cuts a torn last line (``repair_journal``)."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    from lightgen.tracking import DamagedStoreError
+
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        if repair:
+            note = repair_journal(path)
+            if note:
+                (log or (lambda m: print(m, file=sys.stderr)))(f"warning: {note}")
+        try:
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            storage.get_all_studies()  # replays every log line
+        except Exception as e:  # noqa: BLE001 - any replay failure means the file is damaged
+            raise DamagedStoreError(
+                f"Optuna journal {path} is damaged and cannot be replayed ({type(e).__name__}: {e}); restore it "
+                f"from a backup, or move it away to start the study afresh (finished points are then run again "
+                f"from their checkpoints)") from None
+        return storage
     if url.startswith("sqlite"):
         print("warning: SQLite is unsafe for parallel Optuna workers; prefer the default journal storage",
               file=sys.stderr)
@@ -409,7 +492,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> Any:
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=10))
         return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
     except Exception as e:  # noqa: BLE001 - report any driver/connection failure clearly
-        raise ConnectionError(f"Optuna storage {url} is unreachable or invalid: {e}") from None
+        raise ConnectionError(f"Optuna storage {redact(url)} is unreachable or invalid: {redact(str(e))}") from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -480,8 +563,11 @@ def reap_dead_trials(study: Any, tracking_uri: str, *, pids: set[int] | None = N
     return reaped
 
 
-def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
-    """Enqueue every job that has no COMPLETE and no WAITING/RUNNING trial. Returns (enqueued, done)."""
+def enqueue_jobs(plan: Plan, study: Any, *, retry_failed: bool = False) -> tuple[int, int]:
+    """Enqueue every job that has no COMPLETE and no WAITING/RUNNING trial. Returns (enqueued, done).
+
+    A job whose last trial failed permanently (NaN loss, bad input) is left alone unless ``retry_failed``
+    (``lightgen sweep NAME --retry-failed``, after fixing the cause)."""
     from optuna.trial import TrialState
 
     states = job_states(study)
@@ -494,7 +580,7 @@ def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
         if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
         failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent")]
-        if failed:  # a deterministic failure (NaN loss, bad input): do not retry forever
+        if failed and not retry_failed:  # a deterministic failure (NaN loss, bad input): do not retry forever
             continue
         study.enqueue_trial(
             {},
@@ -512,6 +598,54 @@ def enqueue_jobs(plan: Plan, study: Any) -> tuple[int, int]:
     return enq, done
 
 
+def restore_from_mlflow(plan: Plan, study: Any, tracking_uri: str) -> list[str]:
+    """Jobs that MLflow knows as FINISHED trial runs of this study but the Optuna study has no trial of
+    (an emptied or lost journal) are added back as COMPLETE trials with their logged objective, so they
+    are not run again. Returns the restored job keys."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    states = job_states(study)
+    keys = {j.key: j for j in plan.jobs}
+    missing = [k for k in keys if k not in states]
+    if not missing:
+        return []
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment_name)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`{TAG_STUDY}` = '{plan.study_name}' and tags.`{TAG_KIND}` = 'trial' and attributes.status = 'FINISHED'"),
+        max_results=50000)
+    restored = []
+    for r in runs:
+        key = r.data.tags.get(JOB_ATTR)
+        value = r.data.metrics.get(plan.sweep.objective)
+        if key not in missing or key in restored or value is None:
+            continue
+        job = keys[key]
+        study.add_trial(optuna.trial.create_trial(value=float(value), params={}, distributions={}, user_attrs={
+            JOB_ATTR: key, "point_id": job.point.point_id, "seed": job.seed, "label": job.point.label,
+            "arm": job.point.arm, "overrides": json.dumps(job.point.overrides, default=str),
+            "mlflow_run_id": r.info.run_id, "lightgen.restored": "from MLflow (the journal had no trial of it)"}))
+        restored.append(key)
+    return restored
+
+
+def permanently_failed(plan: Plan, study: Any) -> list[str]:
+    """Job keys with no COMPLETE/WAITING/RUNNING trial whose failure was marked permanent."""
+    from optuna.trial import TrialState
+
+    out = []
+    for key, trials in job_states(study).items():
+        if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            continue
+        if any(t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent") for t in trials):
+            out.append(key)
+    keys = {j.key for j in plan.jobs}
+    return sorted(k for k in out if k in keys)
+
+
 # --------------------------------------------------------------------------------------------------
 # Parent run
 # --------------------------------------------------------------------------------------------------
@@ -519,9 +653,9 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
     """The sweep's parent run (one per study), created once, reused when the command is re-run."""
     from mlflow.tracking import MlflowClient
 
-    from lightgen.tracking import config_params, git_info, pip_freeze
+    from lightgen.tracking import config_params, ensure_store, git_info, pip_freeze
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(ensure_store(tracking_uri))
     exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
     runs = client.search_runs(
         [exp_id],
@@ -551,10 +685,10 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
 
     params = {**config_params(plan.base_config), "lightgen.sweep": plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-    client.log_text(run_id, plan.sweep.model_dump_json(indent=2), "sweep.json")
+    client.log_text(run_id, redact(plan.sweep.model_dump_json(indent=2)), "sweep.json")
     client.log_text(run_id, pip_freeze(), "pip-freeze.txt")
     return run_id
 
@@ -583,7 +717,7 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
                 else:
                     overrides[name] = trial.suggest_float(name, sp.low, sp.high, log=sp.log)
             cfg0 = load_config(plan.preset, {**plan.common, **overrides, "seed": 0, "data.seed": 0})
-            point = Point("tpe", overrides, cfg0, cfg0.point_id(), _label(overrides))
+            point = Point("tpe", overrides, cfg0, plan.point_id_of(cfg0), _label(overrides))
             job = Job(point, 0)
             trial.set_user_attr(JOB_ATTR, job.key)
         elif key is None or key not in jobs:
@@ -607,10 +741,10 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
                            trial=trial)
         except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
             trial.set_user_attr("lightgen.permanent", True)
-            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         except Exception as e:
-            trial.set_user_attr("lightgen.failure", f"{type(e).__name__}: {e}"[:1000])
+            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         return float(value)
 
@@ -630,9 +764,14 @@ def _resolve_runner(spec: str | None) -> Any:
     """The function that runs one trial: ``module:function`` (tests inject fakes), default the real one."""
     import importlib
 
-    spec = spec or os.environ.get("LIGHTGEN_TRIAL_RUNNER") or "lightgen.trial:run_trial"
+    spec = spec or "lightgen.trial:run_trial"
     mod, _, fn = spec.partition(":")
+    if mod not in TRIAL_RUNNER_MODULES:  # the hook is for tests, not a way to run arbitrary code
+        raise ConfigError(f"--runner {spec!r}: a trial runner must come from {' or '.join(TRIAL_RUNNER_MODULES)}")
     return getattr(importlib.import_module(mod), fn)
+
+
+TRIAL_RUNNER_MODULES = ("lightgen.trial", "lightgen.testing")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,6 +789,7 @@ class LaunchOptions:
     runner: str | None = None
     max_restarts: int = 20
     seeds: int | None = None
+    retry_failed: bool = False
 
 
 def resolve_workers(opts: LaunchOptions, cfg: ExperimentConfig) -> list[dict[str, str]]:
@@ -680,9 +820,10 @@ def _cuda_device_count() -> int:
 
 def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     """Run (or continue) a sweep to completion. Returns a summary dict."""
-    from lightgen.tracking import check_reachable
+    from lightgen.tracking import check_reachable, ensure_store
 
     sweep = load_sweep(name)
+    _resolve_runner(opts.runner)  # refuse a runner outside the allowed modules before anything starts
     plan = plan_sweep(sweep, opts.preset, opts.sets, seeds=opts.seeds)
     cfg = plan.base_config
     tracking_uri = resolve_tracking_uri(opts.tracking_uri or cfg.tracking.tracking_uri)
@@ -692,20 +833,34 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
     storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
     check_storage_url(storage_url, "--storage" if opts.storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
     workers_env = resolve_workers(opts, cfg)
+    ensure_store(tracking_uri)  # checked, and created once under a file lock, before anything uses it
 
-    storage = open_storage(storage_url, heartbeat=False)
-    study = get_study(plan, storage)
-    parent = ensure_parent_run(plan, tracking_uri)
-    with file_lock(root / "optuna" / f"{plan.study_name}.lock"):
-        reaped = reap_dead_trials(study, tracking_uri)
-        enq, done = enqueue_jobs(plan, study)
-    log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
-        f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else ""))
+    storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
+    lock = root / "optuna" / f"{plan.study_name}.lock"
+    with file_lock(lock):  # two launchers at once: one creates the study and the parent, the other joins
+        study = get_study(plan, storage)
+        parent = ensure_parent_run(plan, tracking_uri)
+    launchers = root / "optuna" / f"{plan.study_name}.launchers"
+    me = _register_launcher(launchers)
     t0 = time.time()
     restarts = 0
     status = "FINISHED"
     procs: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
     try:
+        with file_lock(lock):
+            reaped = reap_dead_trials(study, tracking_uri)
+            restored = restore_from_mlflow(plan, study, tracking_uri)
+            if restored:
+                log(f"warning: the Optuna journal had no trial of {len(restored)} job(s) that MLflow holds as "
+                    f"FINISHED (an emptied or replaced journal); restored them as complete: {', '.join(restored)}")
+            enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
+            held = permanently_failed(plan, study)
+        others = _other_launchers(launchers)
+        log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
+            f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else "")
+            + (f"; joining {len(others)} running launcher(s) {others}" if others else "")
+            + (f", {len(held)} failed permanently and not retried ({', '.join(held)}); fix the cause and run "
+               f"again with --retry-failed" if held else ""))
         if not _has_waiting(study) and not (plan.sweep.sampler == "tpe" and plan.sweep.budget):
             workers_env = []  # nothing to do: a finished sweep re-run does nothing new
         for env in workers_env:
@@ -720,7 +875,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                 del procs[pid]
                 if rc != 0:
                     # a dead worker: fail its trial, mark its run KILLED, put the job back, replace it
-                    with file_lock(root / "optuna" / f"{plan.study_name}.lock"):
+                    with file_lock(lock):
                         dead = reap_dead_trials(study, tracking_uri, pids={pid})
                         enqueue_jobs(plan, study)
                     log(f"worker {pid} died (exit {rc}); requeued {dead or 'nothing'}")
@@ -730,6 +885,13 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                         procs[np_.pid] = (np_, env)
                     elif restarts >= opts.max_restarts:
                         status = "FAILED"
+        # joined another launcher: its jobs are still running; wait for them instead of failing the sweep
+        waited = False
+        while _has_active(study) and _other_launchers(launchers):
+            if not waited:
+                log("waiting for the other launcher(s) of this sweep to finish their jobs")
+                waited = True
+            time.sleep(1.0)
     except KeyboardInterrupt:
         status = "KILLED"
         for p, _ in procs.values():
@@ -739,13 +901,19 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
         raise
+    except BaseException:
+        status = "FAILED"
+        raise
     finally:
+        with contextlib.suppress(OSError):
+            me.unlink()
         summary = sweep_status(plan, study)
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
         if status == "FINISHED" and summary["pending"] > 0:
             status = "FAILED" if summary["failed_points"] else "RUNNING"
+        others = _other_launchers(launchers)
         with contextlib.suppress(Exception):
             from mlflow.entities import Metric
 
@@ -753,11 +921,47 @@ def launch(name: str, opts: LaunchOptions, log: Any = print) -> dict[str, Any]:
                 Metric("sweep/complete", summary["complete"], int(time.time() * 1000), 0),
                 Metric("sweep/wall_seconds", time.time() - t0, int(time.time() * 1000), 0),
             ])
-            client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
+            if not others:  # the last launcher out ends the shared parent run
+                client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
     summary["wall_seconds"] = time.time() - t0
     summary["parent_run_id"] = parent
     summary["status"] = status
     return summary
+
+
+def _has_active(study: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)))
+
+
+def _register_launcher(folder: Path) -> Path:
+    """Record this launcher (``<study>.launchers/<pid>``) so that concurrent launchers of a sweep know of
+    each other: the last one out ends the parent run; an earlier one waits for the others' jobs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    me = folder / str(os.getpid())
+    me.write_text(socket.gethostname())
+    return me
+
+
+def _other_launchers(folder: Path) -> list[int]:
+    """Live launchers of this sweep on this host other than this process (stale entries are removed)."""
+    out = []
+    host = socket.gethostname()
+    for f in folder.glob("*") if folder.is_dir() else []:
+        if not f.name.isdigit() or int(f.name) == os.getpid():
+            continue
+        try:
+            if f.read_text().strip() not in ("", host):
+                continue  # another node's launcher: its liveness cannot be checked from here
+        except OSError:
+            continue
+        if _pid_alive(int(f.name)):
+            out.append(int(f.name))
+        else:
+            with contextlib.suppress(OSError):
+                f.unlink()
+    return out
 
 
 def _has_waiting(study: Any) -> bool:
@@ -776,17 +980,23 @@ def _check_writable(root: Path) -> None:
         raise ConfigError(f"tracking.root '{root}' is not writable: {e.strerror}") from None
 
 
+ENV_STORAGE = "LIGHTGEN_STORAGE_URL"
+ENV_TRACKING = "LIGHTGEN_TRACKING_URI"
+ENV_SETS = "LIGHTGEN_WORKER_SETS"
+
+
 def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri: str, parent: str,
                   env_extra: dict[str, str]) -> subprocess.Popen:
+    """A worker process. Storage URL, tracking URI and --set values (any of which may hold a password) go
+    through the environment, never the command line that ``ps`` shows to every user."""
     cmd = [sys.executable, "-m", "lightgen.sweep", "worker", name, "--preset", opts.preset,
-           "--storage", storage_url, "--tracking-uri", tracking_uri, "--parent-run-id", parent]
-    for k, v in opts.sets.items():
-        cmd += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+           "--parent-run-id", parent]
     if opts.runner:
         cmd += ["--runner", opts.runner]
     if opts.seeds:
         cmd += ["--seeds", str(opts.seeds)]
-    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", ENV_STORAGE: storage_url, ENV_TRACKING: tracking_uri,
+           ENV_SETS: json.dumps(opts.sets, default=str)}
     return subprocess.Popen(cmd, env=env, cwd=os.getcwd())
 
 
@@ -859,8 +1069,8 @@ def _worker_main(argv: list[str]) -> int:
     ap.add_argument("cmd", choices=["worker"])
     ap.add_argument("name")
     ap.add_argument("--preset", required=True)
-    ap.add_argument("--storage", required=True)
-    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--storage", default=os.environ.get(ENV_STORAGE))
+    ap.add_argument("--tracking-uri", default=os.environ.get(ENV_TRACKING))
     ap.add_argument("--parent-run-id", required=True)
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--runner", default=None)
@@ -868,7 +1078,9 @@ def _worker_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     from lightgen.config import _parse_scalar, _split_override
 
-    sets = {}
+    if not a.storage or not a.tracking_uri:
+        ap.error(f"the storage and tracking URI come from ${ENV_STORAGE} / ${ENV_TRACKING} (or --storage / --tracking-uri)")
+    sets = json.loads(os.environ.get(ENV_SETS) or "{}")
     for s in a.set:
         k, v = _split_override(s)
         sets[k] = _parse_scalar(v)

@@ -29,7 +29,7 @@ def fake_trial(cfg: Any, *, plan: Any, job: Any, parent_run_id: str, tracking_ur
     state_file = ckpt / "fake_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"step": 0, "starts": []}
     state["starts"].append(state["step"])
-    tags = {TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name, TAG_TRIAL: trial.number,
+    tags = {"lightgen.point_id": job.point.point_id, TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name, TAG_TRIAL: trial.number,
             "lightgen.point_label": job.point.label, "lightgen.job": job.key}
     with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:

@@ -7,7 +7,8 @@ Names here are a contract that the analysis scripts and tests rely on:
   ``data.scale_label`` (the nominal label) and ``data.actual_size``;
 * tags: ``lightgen.sweep``, ``lightgen.point_id``, ``lightgen.world``, ``lightgen.preset``,
   ``lightgen.git_commit``, ``lightgen.git_dirty``, ``lightgen.kind`` (sweep|trial|train|dpo|eval),
-  ``optuna.study``, ``optuna.trial``;
+  ``optuna.study``, ``optuna.trial``, ``lightgen.pid`` / ``lightgen.host`` (the process that last ran it),
+  ``lightgen.corrupt_checkpoints`` (skipped on resume), ``lightgen.resumed_from_run`` (history copied from);
 * metrics: ``geneval/<task>``, ``geneval/overall``, ``geneval/overall_ci_low|high``,
   ``geneval_seen/…``, ``geneval_unseen/…``, ``train/loss`` …, ``compute/…``, ``data/…``;
 * artifacts: ``config.yaml``, ``pip-freeze.txt``, ``samples/…png``, ``geneval/results.jsonl``.
@@ -21,11 +22,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from lightgen.cliutil import UserError
+from lightgen.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -41,6 +46,8 @@ TAG_STUDY = "optuna.study"
 TAG_TRIAL = "optuna.trial"
 TAG_SEED = "lightgen.seed"
 TAG_BASE_RUN = "lightgen.base_run_id"
+TAG_PID = "lightgen.pid"  # process and host that last ran the run (a RUNNING run whose process is gone is stale)
+TAG_HOST = "lightgen.host"
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -82,7 +89,89 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
     try:
         urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - URL given by the user
     except (urllib.error.URLError, OSError) as e:
-        raise ConnectionError(f"MLflow tracking server {tracking_uri} is unreachable: {e}") from None
+        raise ConnectionError(f"MLflow tracking server {redact(tracking_uri)} is unreachable: {redact(str(e))}") from None
+
+
+class DamagedStoreError(UserError, ConnectionError):
+    """A tracking or Optuna store that exists but cannot be used as it is; the message names the file
+    and the fix. Commands report it as a user error (exit code 2), like an unreachable store."""
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (``None`` for other stores or in-memory)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def check_sqlite_store(db: Path) -> None:
+    """Refuse a damaged MLflow SQLite store with a message naming the file: zero bytes (truncated),
+    not a database, ``PRAGMA integrity_check`` failing, or a schema migration left half done."""
+    import sqlite3
+
+    if not db.exists():
+        return
+    fix = (f"restore {db} from a backup, or move it away to start a new store "
+           f"(checkpoints under tracking.root are kept and resumed)")
+    if db.stat().st_size == 0:
+        raise DamagedStoreError(f"MLflow store {db} is empty (0 bytes): it was truncated and every run in it "
+                                f"is gone; {fix}")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)
+        try:
+            problems = [r[0] for r in con.execute("PRAGMA integrity_check").fetchall()]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise DamagedStoreError(f"MLflow store {db} is damaged ({e}); {fix}") from None
+    if problems != ["ok"]:
+        raise DamagedStoreError(f"MLflow store {db} fails SQLite's integrity check "
+                                f"({'; '.join(problems[:3])}); {fix}")
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        drops = "; ".join(f"DROP TABLE {t}" for t in leftovers)
+        raise DamagedStoreError(f"MLflow store {db}: an interrupted schema migration left {', '.join(leftovers)}; "
+                                f"run sqlite3 {db} \"{drops};\" and try again (the migration is then redone)")
+    if tables and "experiments" not in tables:
+        raise DamagedStoreError(f"{db} is a SQLite database but not an MLflow store (no 'experiments' table)")
+
+
+_STORES_READY: set[str] = set()
+
+
+def ensure_store(tracking_uri: str | None = None) -> str:
+    """Check the tracking store and create its schema once, under a file lock, before any client uses it.
+
+    For SQLite: two processes creating a fresh ``mlflow.db`` at once would both run MLflow's migrations and
+    leave the store unusable; here the first creates it while the others wait on ``<db>.lock``, then
+    find it at the current schema. A damaged store raises ``DamagedStoreError``. Once per process and URI.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    db = sqlite_path(uri)
+    if db is None or uri in _STORES_READY:
+        return uri
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    quiet_mlflow()
+    if db.parent.is_dir():
+        with open(db.with_name(db.name + ".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                check_sqlite_store(db)
+                try:
+                    MlflowClient(uri).search_experiments(max_results=1)  # creates / migrates the schema
+                except Exception as e:  # noqa: BLE001 - name the file, whatever the driver raised
+                    raise DamagedStoreError(f"MLflow store {db} cannot be opened ({type(e).__name__}: "
+                                            f"{str(e).splitlines()[0][:300] if str(e) else ''}); restore it "
+                                            f"from a backup, or move it away to start a new store") from None
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    _STORES_READY.add(uri)
+    return uri
 
 
 def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
@@ -90,7 +179,7 @@ def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     from mlflow.tracking import MlflowClient
 
     quiet_mlflow()
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(ensure_store(tracking_uri))
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -137,7 +226,7 @@ def config_params(cfg: Any) -> dict[str, str]:
 
 def _param_str(v: Any) -> str:
     s = str(v) if not isinstance(v, (list, tuple)) else "[" + ", ".join(str(x) for x in v) + "]"
-    return s[:6000]
+    return redact(s)[:6000]  # never a password in a param
 
 
 class Tracker:
@@ -175,6 +264,11 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000], synchronous=synchronous)
             self.log_calls += 1
         self._last_flush = time.monotonic()
+        if synchronous:  # earlier asynchronous batches too: everything logged so far is in the store
+            with contextlib.suppress(Exception):
+                import mlflow
+
+                mlflow.flush_async_logging()
 
     # -- params / tags ------------------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
@@ -190,7 +284,7 @@ class Tracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         if items:
             self.client.log_batch(self.run_id, tags=items)
             self.log_calls += 1
@@ -242,7 +336,7 @@ def tracked_run(
     """
     from mlflow.tracking import MlflowClient
 
-    uri = resolve_tracking_uri(getattr(getattr(cfg, "tracking", None), "tracking_uri", None))
+    uri = ensure_store(getattr(getattr(cfg, "tracking", None), "tracking_uri", None))
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(experiment, uri)
     commit, dirty = git_info()
@@ -254,6 +348,8 @@ def tracked_run(
         TAG_DIRTY: str(dirty).lower(),
         TAG_POINT: cfg.point_id(),
         TAG_SEED: cfg.seed,
+        TAG_PID: os.getpid(),
+        TAG_HOST: socket.gethostname(),
     }
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -263,10 +359,12 @@ def tracked_run(
         run_id = run.info.run_id
     else:
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, TAG_PID, str(os.getpid()))
+        client.set_tag(run_id, TAG_HOST, socket.gethostname())
     tracker = Tracker(run_id, uri)
     if log_config:
         tracker.log_params(config_params(cfg))
-        tracker.log_text(cfg.to_yaml(), "config.yaml")
+        tracker.log_text(redact(cfg.to_yaml()), "config.yaml")
         tracker.log_text(pip_freeze(), "pip-freeze.txt")
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -311,7 +409,7 @@ def _system_metrics_monitor(cfg: Any, run_id: str, uri: str) -> Any:
 
 def _safe_end(tracker: Tracker, status: str, reason: str) -> None:
     try:
-        tracker.set_tags({"lightgen.failure": reason[:5000]})
+        tracker.set_tags({"lightgen.failure": redact(reason)[:5000]})
         tracker.end(status)
     except Exception as e:  # noqa: BLE001 - never mask the original error
         print(f"warning: could not mark run {tracker.run_id} {status}: {e}", file=sys.stderr)
@@ -341,3 +439,52 @@ def mark_stale_runs(experiment_id: str, tracking_uri: str, run_ids: list[str] | 
         except Exception:  # noqa: BLE001
             continue
     return n
+
+
+def stale_run_to_resume(tracking_uri: str, experiment: str, checkpoint: str | Path) -> str | None:
+    """The run of an earlier ``lightgen train`` on ``checkpoint`` that was killed (still RUNNING, its process
+    gone): its id, to resume it so that one run holds the whole history. Older stale runs of the same
+    folder are marked KILLED. A run whose process is alive on this host is left alone (None)."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.sweep import _pid_alive
+
+    uri = ensure_store(tracking_uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    folder = str(checkpoint).replace("'", "\\'")
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`lightgen.checkpoint` = '{folder}' and attributes.status = 'RUNNING'"),
+        order_by=["attributes.start_time DESC"], max_results=100)
+    stale = []
+    for r in runs:
+        pid, host = r.data.tags.get(TAG_PID), r.data.tags.get(TAG_HOST)
+        if host == socket.gethostname() and pid and pid.isdigit() and _pid_alive(int(pid)):
+            continue  # another process is training it right now
+        if host not in (None, socket.gethostname()):
+            continue  # another node's run: its liveness cannot be checked from here
+        stale.append(r.info.run_id)
+    if not stale:
+        return None
+    mark_stale_runs(exp.experiment_id, uri, run_ids=stale[1:], status="KILLED")
+    return stale[0]
+
+
+def copy_metric_history(client: Any, src_run: str, dst_run: str, *, max_step: int,
+                        skip_prefixes: tuple[str, ...] = ("data/", "system/")) -> int:
+    """Copy ``src_run``'s metric history up to ``max_step`` into ``dst_run`` (a resumed trial's new run then
+    shows the whole curve, not only the steps after the resume). Returns the number of points copied."""
+    from mlflow.entities import Metric
+
+    src = client.get_run(src_run)
+    points = []
+    for key in src.data.metrics:
+        if key.startswith(skip_prefixes):
+            continue
+        points += [Metric(key, m.value, m.timestamp, m.step) for m in client.get_metric_history(src_run, key)
+                   if m.step <= max_step]
+    for i in range(0, len(points), 1000):
+        client.log_batch(dst_run, metrics=points[i : i + 1000])
+    return len(points)

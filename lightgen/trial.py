@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,7 @@ import numpy as np
 from lightgen.config import ExperimentConfig
 from lightgen.tracking import (
     TAG_BASE_RUN,
+    TAG_POINT,
     TAG_STUDY,
     TAG_SWEEP,
     TAG_TRIAL,
@@ -166,6 +168,7 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
     cfg = cfg.model_copy(deep=True)
     cfg.tracking.tracking_uri = tracking_uri
     tags = {
+        TAG_POINT: job.point.point_id,  # the job's identity (kind included), not the bare config hash
         TAG_SWEEP: plan.sweep.name,
         TAG_STUDY: plan.study_name,
         TAG_TRIAL: trial.number,
@@ -183,6 +186,7 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         tracker.set_tags({"lightgen.checkpoint": str(ckpt_dir)})
+        carry_over_history(tracker, trial, job.key, ckpt_dir)
         tracker.log_params({"lightgen.point_label": job.point.label, "lightgen.arm": job.point.arm,
                             "lightgen.sweep": plan.sweep.name, **({"dpo.base_run_id": base_run} if base else {})})
         summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode=plan.sweep.mode, base=base)
@@ -192,14 +196,34 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
     return float(value)
 
 
+def carry_over_history(tracker: Tracker, trial: Any, job_key: str, ckpt_dir: Path) -> int:
+    """A retried job resumes from its checkpoint in a new MLflow run: copy the metrics of the job's previous
+    run up to that checkpoint's step into it, so its loss curve starts at step 1, not at the resume step."""
+    from lightgen.tracking import copy_metric_history
+    from lightgen.train.checkpoint import latest_checkpoint, read_state
+
+    prev = [t for t in trial.study.get_trials(deepcopy=False)
+            if t.user_attrs.get("lightgen.job") == job_key and t.number != trial.number and t.user_attrs.get("mlflow_run_id")]
+    cp = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    if not prev or cp is None:
+        return 0
+    src = max(prev, key=lambda t: t.number).user_attrs["mlflow_run_id"]
+    try:
+        n = copy_metric_history(tracker.client, src, tracker.run_id, max_step=int(read_state(cp)["step"]))
+    except Exception as e:  # noqa: BLE001 - the history is a convenience; the trial itself goes on
+        print(f"warning: could not copy the metric history of run {src}: {e}", file=sys.stderr)
+        return 0
+    tracker.set_tags({"lightgen.resumed_from_run": src})
+    return n
+
+
 def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> tuple[str, str]:
     """Train the sweep's one shared base model once (file-locked across workers); reuse it afterwards."""
     from lightgen.utils import file_lock
 
     cfg = plan.base_config.model_copy(deep=True)
     cfg.tracking.tracking_uri = tracking_uri
-    pid = cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
-    ckpt_dir = Path(cfg.tracking.root) / "checkpoints" / f"base-{pid}" / f"seed{cfg.seed}"
+    ckpt_dir = Path(cfg.tracking.root) / "checkpoints" / plan.base_point_id / f"seed{cfg.seed}"
     done = ckpt_dir / "BASE_DONE.json"
     with file_lock(ckpt_dir.parent / "base.lock"):
         if done.is_file():
@@ -207,7 +231,8 @@ def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> 
             return info["checkpoint"], info["run_id"]
         with tracked_run(cfg, experiment=plan.experiment_name, run_name="base model",
                          parent_run_id=parent_run_id, kind="base",
-                         tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name}) as tracker:
+                         tags={TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name,
+                               TAG_POINT: plan.base_point_id}) as tracker:
             train_and_evaluate(cfg, tracker, ckpt_dir, mode="train")
             from lightgen.train.checkpoint import latest_checkpoint
 

@@ -120,3 +120,20 @@ def test_classifier_cache_is_plain_npz_and_reused(world, detector, cache, monkey
     img = world.render([{"tag": "t", "prompt": "", "include": [{"class": "ring", "count": 3}]}], RES, [5])[0]
     assert again.detect(img) == detector.detect(img)
     assert len(detector.detect(img)["ring"]) == 3
+
+
+@pytest.mark.fault
+def test_garbled_detector_cache_is_rebuilt(world, tmp_path, capsys):
+    det = ToyDetector(world, cache_dir=tmp_path, n_train=120)
+    X, y, names = det.training_set(RES)
+    (path,) = tmp_path.glob("toy_detector_*.npz")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 64] = b"\x00" * 64  # garbled in the middle
+    path.write_bytes(bytes(data))
+    X2, y2, names2 = ToyDetector(world, cache_dir=tmp_path, n_train=120).training_set(RES)
+    assert np.array_equal(X, X2) and np.array_equal(y, y2) and names == names2  # rebuilt, not crashed
+    assert "detector cache" in capsys.readouterr().err
+    path.write_bytes(b"not a zip at all")
+    X3, _, _ = ToyDetector(world, cache_dir=tmp_path, n_train=120).training_set(RES)
+    assert np.array_equal(X, X3)
+    ToyDetector(world, cache_dir=tmp_path, n_train=120).training_set(RES)  # the rebuilt cache is readable

@@ -191,9 +191,18 @@ def test_nan_trial_fails_with_reason_and_sweep_goes_on(tmp_path):
     parent = runs[runs["tags.lightgen.kind"] == "sweep"]
     assert parent["status"].iloc[0] == "FAILED"  # the sweep says it is incomplete
     assert (runs[runs["tags.lightgen.kind"] == "trial"]["status"] == "FINISHED").sum() == 4
-    # a permanent failure is not retried by a re-run
+    # a permanent failure is not retried by a re-run, and the message says how to retry it
     res = _sweep(tmp_path, env, timeout=120)
-    assert "0 enqueued" in res.stdout + res.stderr
+    assert "0 enqueued" in res.stdout + res.stderr and "--retry-failed" in res.stdout + res.stderr
+    assert res.returncode == 1
+    # once the cause is fixed, --retry-failed runs it again and the sweep finishes
+    env.pop("LIGHTGEN_FAKE_NAN")
+    res = _sweep(tmp_path, env, "--retry-failed", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 done, 1 enqueued" in res.stdout + res.stderr
+    runs = _runs(tmp_path)
+    assert (runs[runs["tags.lightgen.kind"] == "trial"]["status"] == "FINISHED").sum() == 5
+    assert runs[runs["tags.lightgen.kind"] == "sweep"]["status"].iloc[0] == "FINISHED"
 
 
 def test_dry_run_lists_points_and_datasets(tmp_path):

@@ -66,7 +66,7 @@ def test_resume_gives_the_same_loss_trajectory(ds, tmp_path):
 def test_checkpoint_round_trip_reproduces_outputs(ds, tmp_path):
     res = train(cfg_with("train.iterations=2"), ds, tmp_path, count_flops=False)
     cp = res.checkpoint
-    assert sorted(p.name for p in cp.iterdir()) == sorted(ckpt.FILES)
+    assert sorted(p.name for p in cp.iterdir()) == sorted([*ckpt.FILES, ckpt.CHECKSUMS])
     state = json.loads((cp / "state.json").read_text())
     assert state["step"] == 2 and isinstance(state["rng"]["torch"], list) and "square" in state["vocab"]
     raw, cfg = ckpt.load_checkpoint(cp, weights="model")
@@ -309,3 +309,62 @@ def test_vae_world_trains_and_checkpoints_without_copying_the_vae(tmp_path):
     assert (model.seq_len, model.token_dim) == (64, 16)
     imgs = res.sampler(["a photo of a red square"], [0])
     assert imgs.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.fault
+def test_train_cli_resumes_its_killed_mlflow_run(ds, tmp_path):
+    """A SIGKILLed `lightgen train` leaves its run RUNNING with a dead process; the same command again
+    resumes that run (one run, the whole loss history) instead of leaving it RUNNING forever."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.cli import app
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [x for o in [*MICRO, f"tracking.tracking_uri={uri}", f"tracking.root={tmp_path}", "tracking.experiment=t",
+                        "data.scale=50k", "eval.enabled=false", "train.checkpoint_every=2"] for x in ("--set", o)]
+    out = ["--checkpoint-dir", str(tmp_path / "ck")]
+    r = CliRunner().invoke(app, ["train", "smoke", *sets, "--set", "train.iterations=2", *out])
+    assert r.exit_code == 0, r.output
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("t").experiment_id
+    (run,) = client.search_runs([exp])
+    # what a SIGKILL leaves: the run RUNNING, its process gone
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client.update_run(run.info.run_id, status="RUNNING")
+    client.set_tag(run.info.run_id, "lightgen.pid", str(dead.pid))
+    r = CliRunner().invoke(app, ["train", "smoke", *sets, "--set", "train.iterations=4", *out])
+    assert r.exit_code == 0, r.output
+    assert f"resuming MLflow run {run.info.run_id}" in r.output
+    (again,) = client.search_runs([exp])
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == [1, 2, 3, 4]
+
+
+def test_metrics_are_flushed_with_each_checkpoint(ds, tmp_path, monkeypatch):
+    class Buffered(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.pending, self.flushed = [], []
+
+        def log_metrics(self, metrics, step=0):
+            self.pending.append(step)
+
+        def flush(self, synchronous=False):
+            self.flushed += self.pending
+            self.pending = []
+
+    rec = Buffered()
+    at_save = []
+    orig = ckpt.save_checkpoint
+
+    def spy(root, step, *a, **k):
+        at_save.append((step, max(rec.flushed, default=0)))
+        return orig(root, step, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", spy)
+    train(cfg_with("train.iterations=4", "train.checkpoint_every=2"), ds, tmp_path, tracker=rec, count_flops=False)
+    assert at_save == [(2, 2), (4, 4)]  # every metric up to a checkpoint is in the store when it is written

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from lightgen.redact import redact_obj
 from lightgen.cliutil import UserError
 from lightgen.data import store
 from lightgen.data.diversity import tfidf
@@ -208,7 +209,7 @@ class DiffusersTeacher:
         self.device = _device(device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:
-            self.pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+            self.pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
         except (OSError, ValueError) as e:
             raise UserError(f"world.teacher: cannot load a diffusers pipeline from {path!r}: {e}") from None
         self.pipe.to(self.device)
@@ -239,7 +240,7 @@ class VaeCache:
 
         self.device = _device(device)
         try:
-            self.vae = AutoencoderKL.from_pretrained(path).to(self.device).eval()
+            self.vae = AutoencoderKL.from_pretrained(path, use_safetensors=True).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise UserError(f"model.vae: cannot load an AutoencoderKL from {path!r}: {e}") from None
         self.batch_size = batch_size
@@ -268,7 +269,7 @@ class TextCache:
         self.device = _device(device)
         try:
             self.tok = AutoTokenizer.from_pretrained(path)
-            self.enc = T5EncoderModel.from_pretrained(path).to(self.device).eval()
+            self.enc = T5EncoderModel.from_pretrained(path, use_safetensors=True).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise UserError(f"model.text_encoder: cannot load a T5EncoderModel and tokenizer from {path!r}: {e}") from None
         self.max_len, self.batch_size, self._torch = max_len, batch_size, torch
@@ -433,7 +434,7 @@ def _get_real_locked(cfg: Any, folder: Path, identity: dict, key: str, progress:
         labels = cluster_captions([c["caption"] for c in captions], cfg.data.n_clusters, cfg.data.seed)
         order = selection_order(labels, _cluster_fraction(cfg), cfg.data.seed)
         entry = store.write_shard(sel_path, {"order": order, "labels": labels[order]}, [])
-        manifest = {"key": key, "identity": identity, "config": cfg.model_dump(mode="json"), "count": 0,
+        manifest = {"key": key, "identity": identity, "config": redact_obj(cfg.model_dump(mode="json")), "count": 0,
                     "shards": [], "selection": entry}
         store.write_manifest(folder, manifest)
     sel = store.ShardReader(folder, [manifest["selection"]])

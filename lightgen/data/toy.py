@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lightgen.redact import redact_obj
 from lightgen.cliutil import UserError
 from lightgen.data import store
 from lightgen.world.captions import CaptionGenerator, Knobs
@@ -161,7 +162,7 @@ def _build(cfg: Any, world: ToyWorld, gen: CaptionGenerator, folder: Path, ident
     if manifest is not None and manifest.get("identity") != identity:
         raise UserError(f"dataset cache {folder} belongs to a different configuration; delete it to rebuild")
     if manifest is None:
-        manifest = {"key": key, "identity": identity, "config": cfg.model_dump(mode="json"),
+        manifest = {"key": key, "identity": identity, "config": redact_obj(cfg.model_dump(mode="json")),
                     "count": 0, "shards": [], "counts": {}}
     ss = identity["shard_size"]
     # A partial last shard is rebuilt whole: items are deterministic, so the prefix is identical.

@@ -88,12 +88,12 @@ class RealDetector:
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            seg = Mask2FormerForUniversalSegmentation.from_pretrained(segmenter)
+            seg = Mask2FormerForUniversalSegmentation.from_pretrained(segmenter, use_safetensors=True)
             seg_proc = AutoImageProcessor.from_pretrained(segmenter)
         except (OSError, ValueError) as e:
             raise UserError(f"eval.segmenter={segmenter!r}: cannot load a Mask2Former model ({e})") from None
         try:
-            clip_model = CLIPModel.from_pretrained(clip)
+            clip_model = CLIPModel.from_pretrained(clip, use_safetensors=True)
             clip_proc = AutoProcessor.from_pretrained(clip)
         except (OSError, ValueError) as e:
             raise UserError(f"eval.clip={clip!r}: cannot load a CLIP model ({e})") from None

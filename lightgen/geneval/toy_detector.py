@@ -120,8 +120,9 @@ class ToyDetector:
         if self.cache_dir is not None:
             path = self.cache_dir / f"toy_detector_{self._world_key(resolution)}.npz"
             if path.is_file():
-                with np.load(path, allow_pickle=False) as z:
-                    return z["X"], z["y"], [str(s) for s in z["names"]]
+                cached = _read_cache(path, names)
+                if cached is not None:
+                    return cached
         X, y = self._build_training_set(resolution, names)
         if path is not None:
             import io
@@ -250,6 +251,23 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         img = img + rng.normal(0.0, rng.uniform(2.0, 12.0), size=img.shape)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _read_cache(path: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """The cached training set, or None (with a warning) when the file is garbled: it is then rebuilt."""
+    import sys
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            X, y, got = z["X"], z["y"], [str(s) for s in z["names"]]
+        if X.ndim != 2 or y.ndim != 1 or len(X) != len(y) or got != names or not np.isfinite(X).all():
+            raise ValueError("unexpected contents")
+        return X, y, got
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        print(f"warning: detector cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it",
+              file=sys.stderr)
+        return None
 
 
 def _iou(a: list[float], b: list[float]) -> float:

@@ -121,7 +121,7 @@ class TextEncoder(nn.Module):
             from transformers import AutoTokenizer, T5EncoderModel
 
             try:
-                self.t5 = T5EncoderModel.from_pretrained(source)
+                self.t5 = T5EncoderModel.from_pretrained(source, use_safetensors=True)
                 self.hf_tokenizer = AutoTokenizer.from_pretrained(source)
             except (OSError, ValueError) as e:
                 raise ValueError(f"model.text_encoder: cannot load a T5 encoder from {source!r}: {e}") from e

@@ -8,16 +8,22 @@ Layout (``docs/ARCHITECTURE.md``)::
       optimizer.safetensors  AdamW moments, keyed "<param index>.<name>"
       state.json             step, optimizer param groups, RNG states (as lists), vocabulary
       config.yaml            the resolved ExperimentConfig
+      checksums.json         SHA-256 of each file above, written with the checkpoint, verified on load
 
 A checkpoint is written into ``.step-0000300.tmp`` and renamed when complete, so a crash never leaves a
-half-written folder that looks valid.
+half-written folder that looks valid. A folder whose files do not match ``checksums.json`` (bit rot, a
+partial copy, a garbled file) is *corrupt*: resuming skips it for the newest verified checkpoint and moves
+it aside as ``corrupt-step-0000300`` (see ``latest_verified_checkpoint``); loading it by name is refused.
+Checkpoints written before checksums existed (no ``checksums.json``) are accepted unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import os
+import sys
 import random
 import shutil
 from pathlib import Path
@@ -27,10 +33,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lightgen import redact
 from lightgen.cliutil import UserError
 from lightgen.config import ExperimentConfig, load_config, read_yaml
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
+CHECKSUMS = "checksums.json"
+CORRUPT_PREFIX = "corrupt-"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 # config keys that change the architecture or the data a checkpoint was trained on
 COMPAT_PREFIXES = ("model.", "data.resolution", "world.kind")
@@ -56,6 +65,74 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     cps = list_checkpoints(root)
     return cps[-1] if cps else None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    sums = {f: file_sha256(folder / f) for f in FILES if (folder / f).is_file()}
+    (folder / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1))
+
+
+def verify_checkpoint(cp: str | Path) -> str | None:
+    """``None`` when every file of the checkpoint matches its recorded SHA-256, else what is wrong.
+
+    A checkpoint without ``checksums.json`` (written before checksums existed) is accepted.
+    """
+    cp = Path(cp)
+    sums_file = cp / CHECKSUMS
+    if not sums_file.is_file():
+        return None
+    try:
+        sums = json.loads(sums_file.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{sums_file} is unreadable ({e})"
+    for name in FILES:
+        want = sums.get(name)
+        if want is None:
+            return f"{cp / name} has no recorded checksum"
+        if not (cp / name).is_file():
+            return f"{cp / name} is missing"
+        if file_sha256(cp / name) != want:
+            return f"{cp / name} does not match its checksum (the file is corrupt)"
+    return None
+
+
+def quarantine(cp: Path) -> Path:
+    """Move a corrupt checkpoint folder aside (``corrupt-step-…``) so nothing resumes from it again."""
+    dest = cp.with_name(CORRUPT_PREFIX + cp.name)
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = cp.with_name(f"{CORRUPT_PREFIX}{cp.name}.{n}")
+    os.replace(cp, dest)
+    return dest
+
+
+def latest_verified_checkpoint(root: str | Path, *, move_aside: bool = True,
+                               log: Any = None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under ``root`` whose checksums hold, and a note per corrupt one skipped.
+
+    Corrupt folders are moved aside (``move_aside``) so that the checkpoint rotation and later resumes do
+    not meet them again; each is reported through ``log`` (default: stderr).
+    """
+    log = log or (lambda m: print(m, file=sys.stderr))
+    skipped: list[str] = []
+    for cp in reversed(list_checkpoints(root)):
+        problem = verify_checkpoint(cp)
+        if problem is None:
+            return cp, skipped
+        where = quarantine(cp) if move_aside and cp != Path(root) else cp
+        note = f"{cp.name}: {problem}; skipped" + (f" (moved to {where})" if where != cp else "")
+        log(f"warning: corrupt checkpoint {note}")
+        skipped.append(note)
+    return None, skipped
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -129,7 +206,8 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, ema: di
     save_file(opt_t, str(tmp / "optimizer.safetensors"))
     state = {"step": step, "optimizer": opt_meta, "rng": rng_state(), "vocab": vocab, **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state))
-    (tmp / "config.yaml").write_text(cfg.to_yaml())
+    (tmp / "config.yaml").write_text(redact.config_yaml(cfg))  # no credentials in checkpoints
+    write_checksums(tmp)
     for f in tmp.iterdir():  # make the files durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -150,23 +228,39 @@ def _check_safe(path: Path) -> None:
         raise UserError(f"{path} is not a complete LightGen checkpoint (missing {', '.join(missing)})")
 
 
+def _check_verified(path: Path) -> None:
+    problem = verify_checkpoint(path)
+    if problem:
+        raise UserError(f"corrupt checkpoint {path}: {problem}; use an older checkpoint "
+                        f"(its run folder holds the previous ones) or retrain")
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         raise UserError(f"{p}: a checkpoint is a folder of safetensors files, not a single file")
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}")
+    if (p / "state.json").is_file():  # one named checkpoint: it must verify
+        _check_safe(p)
+        _check_verified(p)
+        return p
     cp = latest_checkpoint(p)
     if cp is None:
         if p.is_dir():
             _check_safe(p)
         raise UserError(f"no checkpoint found under {p}")
-    _check_safe(cp)
-    return cp
+    # a run folder: its newest checkpoint that verifies (corrupt ones are reported, left in place)
+    good, skipped = latest_verified_checkpoint(p, move_aside=False)
+    if good is None:
+        raise UserError(f"no verified checkpoint under {p}: " + "; ".join(skipped))
+    _check_safe(good)
+    return good
 
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 TAG_CHECKPOINT = "lightgen.checkpoint"
+TAG_CORRUPT = "lightgen.corrupt_checkpoints"  # run tag: corrupt checkpoints skipped when this run resumed
 
 
 def resolve_source(spec: str | Path, tracking_uri: str | None = None, *, what: str = "checkpoint") -> tuple[Path, str | None]:

@@ -9,9 +9,10 @@ import typer
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
 
 
-def checkpoint_dir(cfg) -> Path:
-    """``<root>/checkpoints/<point_id>/seed<seed>/`` (docs/ARCHITECTURE.md)."""
-    return cfg.root_path() / "checkpoints" / cfg.point_id() / f"seed{cfg.seed}"
+def checkpoint_dir(cfg, point_id: str | None = None) -> Path:
+    """``<root>/checkpoints/<point_id>/seed<seed>/`` (docs/ARCHITECTURE.md); ``point_id`` defaults to the
+    pre-training identity of ``cfg``."""
+    return cfg.root_path() / "checkpoints" / (point_id or cfg.point_id()) / f"seed{cfg.seed}"
 
 
 @user_errors
@@ -32,8 +33,12 @@ def train(
     check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
     out = check_folder_path(ckpt_dir, "--checkpoint-dir") if ckpt_dir else checkpoint_dir(cfg)
     exp = experiment or cfg.tracking.experiment or "lightgen-train"
+    # a killed earlier run of this folder (SIGKILL leaves it RUNNING) is resumed: one run, the whole history
+    resume_id = tracking.stale_run_to_resume(cfg.tracking.tracking_uri, exp, out)
+    if resume_id:
+        echo(f"resuming MLflow run {resume_id} (its process is gone; checkpoints in {out})")
     try:
-        with tracking.tracked_run(cfg, experiment=exp, kind="train") as tracker:
+        with tracking.tracked_run(cfg, experiment=exp, kind="train", run_id=resume_id) as tracker:
             tracker.set_tags({"lightgen.checkpoint": str(out)})
             summary = train_and_evaluate(cfg, tracker, out, mode="train", progress=True)
     except NonFiniteLossError as e:

@@ -457,7 +457,9 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     ema = EMA(policy)
     start, state = 0, {}
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    resume_from, corrupt = ckpt.latest_verified_checkpoint(ckpt_dir) if ckpt_dir.exists() else (None, [])
+    if corrupt and tracker is not None and hasattr(tracker, "set_tags"):
+        tracker.set_tags({ckpt.TAG_CORRUPT: "; ".join(corrupt)[:5000]})
     if resume_from is not None:
         ckpt._check_safe(resume_from)
         state = ckpt.read_state(resume_from)
@@ -537,7 +539,7 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
             ckpt_now = (tc.checkpoint_every and done % tc.checkpoint_every == 0) or done == dc.iterations
             if (log_now or ckpt_now) and bool(bad):
                 raise NonFiniteLossError(f"non-finite {dc.mode} loss by step {done} (β={dc.beta}, lr={dc.lr}); "
-                                         f"last good checkpoint: {last_ckpt or 'none'}")
+                                         f"last verified checkpoint: {last_ckpt or 'none'}")
             if log_now:
                 now = time.perf_counter()
                 device_seconds += now - t_log
@@ -562,6 +564,8 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
                 n_stat = n_sft = 0
                 t_log = now
             if ckpt_now:
+                if tracker is not None and hasattr(tracker, "flush"):
+                    tracker.flush(synchronous=True)  # the metrics up to this step land with the checkpoint
                 last_ckpt = ckpt.save_checkpoint(ckpt_dir, done, policy, ema.state_dict(), opt, cfg, vocab,
                                                  extra={**identity, "device_seconds": device_seconds})
     finally:

@@ -109,9 +109,13 @@ def train(
     base_cp, base_run = resolve_base(base, cfg.tracking.tracking_uri)
     cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"base": base})})  # param dpo.base
     dataset = None if cfg.dpo.pairs else _dataset(cfg)
-    out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg)
+    from lightgen.sweep import job_point_id
+
+    # a DPO/SFT job's identity includes its kind and its base: never the folder of a pre-training run
+    point = job_point_id(cfg, cfg.dpo.mode, base=str(base_cp.resolve()))
+    out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg, point)
     exp = experiment or cfg.tracking.experiment or "lightgen-dpo"
-    tags = {TAG_BASE_CHECKPOINT: str(base_cp.resolve())}
+    tags = {TAG_BASE_CHECKPOINT: str(base_cp.resolve()), tracking.TAG_POINT: point}
     if base_run:
         tags[tracking.TAG_BASE_RUN] = base_run
     geneval_root = cfg.root_path() / "geneval" / "dpo"

@@ -229,7 +229,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- model, optimizer, EMA; resume ------------------------------------------------------------
-    resume_from = ckpt.latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
+    resume_from, corrupt = ckpt.latest_verified_checkpoint(ckpt_dir) if ckpt_dir.exists() else (None, [])
+    if corrupt and tracker is not None and is_main and hasattr(tracker, "set_tags"):
+        tracker.set_tags({ckpt.TAG_CORRUPT: "; ".join(corrupt)[:5000]})
     state: dict[str, Any] = {}
     if resume_from is not None:
         ckpt._check_safe(resume_from)
@@ -311,6 +313,8 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
             dist.barrier()
         if not is_main:
             return step_dir_path(step)
+        if tracker is not None and hasattr(tracker, "flush"):
+            tracker.flush(synchronous=True)  # the metrics up to this step land with the checkpoint
         return ckpt.save_checkpoint(ckpt_dir, step, model, ema.state_dict(), opt, cfg, vocab,
                                     extra={"flops_per_sample": flops_per_sample, "device_seconds": device_seconds})
 
@@ -358,7 +362,7 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                 if bool(bad):  # one host sync per log interval, and always before saving
                     raise NonFiniteLossError(
                         f"non-finite loss between steps {done - n_acc // tc.grad_accum + 1} and {done}; "
-                        f"last good checkpoint: {last_ckpt or 'none'}"
+                        f"last verified checkpoint: {last_ckpt or 'none'}"
                     )
             if log_now:
                 now = time.perf_counter()
