@@ -287,7 +287,7 @@ class EvalConfig(_Section):
         2400, ge=50, le=100_000, description="teacher renders the toy detector's classifier is trained on"
     )
     detector_augment: bool = Field(
-        True, description="toy detector: learn classes from degraded renders too (blur, noise, small warps), so a "
+        False, description="toy detector: learn classes from degraded renders too (blur, noise, small warps), so a "
         "student's slightly soft but right shape counts; held to the checks in benchmarks/bench_geneval.py")
     checkpoints: list[float] = Field(default_factory=lambda: [1.0], description="fractions of training")
     enabled: bool = True

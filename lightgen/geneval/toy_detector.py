@@ -41,7 +41,7 @@ class ToyDetector:
     """GenEval detections for toy images: ``detect(image) -> {class: [{"box", "score", "color"}]}``."""
 
     def __init__(self, world: Any, cache_dir: str | Path | None = None, n_train: int = 2400, seed: int = 0,
-                 min_area: int | None = None, augment: bool = True):
+                 min_area: int | None = None, augment: bool = False):
         self.world = world
         self.augment = bool(augment)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
