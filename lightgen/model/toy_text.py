@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightgen.utils import file_lock
 
 RECIPE_VERSION = 2
 N_CAPTIONS = 20_000
@@ -155,34 +152,14 @@ def resolve_toy_text_encoder(cfg: Any, *, log: Any = None) -> Path:
     """The cached pre-trained toy T5 weights (``model.safetensors``) for ``cfg``, trained on first use."""
     from safetensors.torch import save_file
 
-    folder = text_folder(cfg)
-    weights = folder / "model.safetensors"
-    if weights.exists():
-        return weights
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder.parent / f".{folder.name}.lock"):
-        if weights.exists():
-            return weights
-        log(f"pre-training the toy text encoder once for this world ({folder.name}; cached for every later run)")
-        threads = torch.get_num_threads()
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)
-        try:
-            with torch.device("cpu"):  # even when the caller builds the student on the meta device
-                enc, stats = pretrain_text_encoder(cfg, text_spec(cfg), log=log)
-        finally:
-            torch.set_num_threads(threads)
-        tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
-        tmp.mkdir(parents=True, exist_ok=True)
+    from lightgen.model.oneoff import build_once
+
+    def build(tmp: Path, log: Any) -> str:
+        enc, stats = pretrain_text_encoder(cfg, text_spec(cfg), log=log)
         state = {k: v.detach().contiguous() for k, v in enc.t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "stats.json").write_text(json.dumps({"spec": text_spec(cfg), **stats}, indent=2) + "\n")
-        if folder.exists():
-            import shutil
+        return (f"exact meaning on held-back captions {stats['toy_t5/val_exact_meaning']:.3f} "
+                f"in {stats['toy_t5/train_s']:.0f} s")
 
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        log(f"toy text encoder ready: exact meaning on held-back captions {stats['toy_t5/val_exact_meaning']:.3f} "
-            f"in {stats['toy_t5/train_s']:.0f} s")
-    return weights
+    return build_once(text_folder(cfg), "model.safetensors", "toy text encoder", cfg, build, log) / "model.safetensors"

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,6 @@ import numpy as np
 import torch
 
 from lightgen.model.tokenizers import VAETokenizer, patchify
-from lightgen.utils import file_lock
 
 #: bump when the recipe below changes: it is part of the cache identity
 RECIPE_VERSION = 1
@@ -165,31 +161,16 @@ def vae_folder(cfg: Any) -> Path:
 
 def resolve_toy_vae(cfg: Any, *, log: Any = None) -> Path:
     """The cached toy autoencoder folder for ``cfg`` (trained on first use)."""
-    folder = vae_folder(cfg)
-    if (folder / "config.json").exists():
-        return folder
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder.parent / f".{folder.name}.lock"):
-        if (folder / "config.json").exists():  # another worker trained it while we waited
-            return folder
+    from lightgen.model.oneoff import build_once
+
+    def build(tmp: Path, log: Any) -> str:
         spec = vae_spec(cfg)
-        log(f"training the toy VAE tokenizer once for this world ({folder.name}; cached for every later run)")
-        threads = torch.get_num_threads()
-        if cfg.train.num_threads:
-            torch.set_num_threads(cfg.train.num_threads)
-        try:
-            with torch.device("cpu"):  # even when the caller builds the student on the meta device
-                vae, stats = train_autoencoder(cfg, spec, log=log)
-        finally:
-            torch.set_num_threads(threads)
-        tmp = folder.parent / f".{folder.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        vae, stats = train_autoencoder(cfg, spec, log=log)
         vae.save_pretrained(tmp, safe_serialization=True)
         (tmp / META).write_text(json.dumps({"spec": spec, **stats}, indent=2) + "\n")
-        os.replace(tmp, folder)
-        log(f"toy VAE ready: reconstruction MSE {stats['toy_vae/recon_mse']:.5f} in {stats['toy_vae/train_s']:.0f} s")
-    return folder
+        return f"reconstruction MSE {stats['toy_vae/recon_mse']:.5f} in {stats['toy_vae/train_s']:.0f} s"
+
+    return build_once(vae_folder(cfg), "config.json", "toy VAE tokenizer", cfg, build, log)
 
 
 def palette_to_images(logits: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
