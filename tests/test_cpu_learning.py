@@ -193,6 +193,8 @@ def test_cpu_preset_runs_dataset_training_and_geneval(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: the preset's best measured score is ~0.13 "
+                   "(benchmarks/LEARN_CPU.md); remove this mark when the preset learns")
 def test_cpu_preset_learns(tmp_path):
     """The benchmark's claim, checked for real: the cpu preset as shipped reaches GenEval ≥ 0.4 (~10 min)."""
     from lightgen import tracking
