@@ -193,7 +193,7 @@ def test_cpu_preset_runs_dataset_training_and_geneval(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: the preset's best measured score is ~0.13 "
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: the preset scores 0.116 over 4 seeds "
                    "(benchmarks/LEARN_CPU.md); remove this mark when the preset learns")
 def test_cpu_preset_learns(tmp_path):
     """The benchmark's claim, checked for real: the cpu preset as shipped reaches GenEval ≥ 0.4 (~10 min)."""
