@@ -57,4 +57,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightgen.cliutil import run_guarded  # the studio's error boundary: bad input → one line, exit 2
+
+    raise SystemExit(run_guarded(main))
