@@ -19,17 +19,9 @@ from typing import Any
 import numpy as np
 
 from lightgen.cliutil import UserError
-from lightgen.utils import write_atomic
+from lightgen.utils import sha256_file, write_atomic
 
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shard(path: Path, tensors: dict[str, Any], records: list[dict]) -> dict[str, Any]:

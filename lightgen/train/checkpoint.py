@@ -19,7 +19,6 @@ Checkpoints written before checksums existed (no ``checksums.json``) are accepte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import os
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from lightgen import redact
 from lightgen.cliutil import UserError
 from lightgen.config import ExperimentConfig, load_config, read_yaml
+from lightgen.utils import sha256_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
 CHECKSUMS = "checksums.json"
@@ -67,16 +67,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return cps[-1] if cps else None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_checksums(folder: Path) -> None:
-    sums = {f: file_sha256(folder / f) for f in FILES if (folder / f).is_file()}
+    sums = {f: sha256_file(folder / f) for f in FILES if (folder / f).is_file()}
     (folder / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1))
 
 
@@ -99,7 +91,7 @@ def verify_checkpoint(cp: str | Path) -> str | None:
             return f"{cp / name} has no recorded checksum"
         if not (cp / name).is_file():
             return f"{cp / name} is missing"
-        if file_sha256(cp / name) != want:
+        if sha256_file(cp / name) != want:
             return f"{cp / name} does not match its checksum (the file is corrupt)"
     return None
 
