@@ -8,6 +8,8 @@ renamed into place: a crash never leaves a half-written component that a later r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -17,6 +19,12 @@ from typing import Any, Callable
 import torch
 
 from lightgen.utils import file_lock
+
+
+def cache_folder(cfg: Any, prefix: str, spec: dict[str, Any]) -> Path:
+    """``<tracking.root>/tokenizers/<prefix>-<hash of spec>``: one folder per distinct recipe."""
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cfg.tracking.root) / "tokenizers" / f"{prefix}-{key}"
 
 
 def build_once(folder: Path, ready: str, what: str, cfg: Any, build: Callable[[Path, Callable[[str], None]], str],

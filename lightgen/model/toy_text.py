@@ -20,8 +20,8 @@ written to a temporary name and renamed, under a file lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -126,7 +126,7 @@ def pretrain_text_encoder(cfg: Any, spec: dict[str, Any], *, log: Any = None) ->
 
     enc.train()
     for step in range(steps):
-        lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + torch.cos(torch.tensor(step / steps * 3.14159)).item())
+        lr = 1e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))  # warm-up, cosine
         for g in opt.param_groups:
             g["lr"] = lr
         loss, acc = run([rng.randrange(n_val, N_CAPTIONS) for _ in range(batch)])
@@ -144,8 +144,9 @@ def pretrain_text_encoder(cfg: Any, spec: dict[str, Any], *, log: Any = None) ->
 
 
 def text_folder(cfg: Any) -> Path:
-    key = hashlib.sha256(json.dumps(text_spec(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.tracking.root) / "tokenizers" / f"toyt5-{key}"
+    from lightgen.model.oneoff import cache_folder
+
+    return cache_folder(cfg, "toyt5", text_spec(cfg))
 
 
 def resolve_toy_text_encoder(cfg: Any, *, log: Any = None) -> Path:

@@ -19,7 +19,6 @@ stored in the config, which ``VAETokenizer`` reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -107,7 +106,8 @@ def train_autoencoder(cfg: Any, spec: dict[str, Any], *, log: Any = None) -> tup
         vae = build_autoencoder(spec, n_out=len(palette) if categorical else 3)
     n_images = 8192
     images = images_to_float(_training_images(cfg, n_images, seed=10_007))
-    labels = torch.cat([palette_labels(images[i:i + 512], palette) for i in range(0, n_images, 512)])
+    labels = (torch.cat([palette_labels(images[i:i + 512], palette) for i in range(0, n_images, 512)])
+              if categorical else None)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     steps, batch = int(spec["steps"]), 32
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
@@ -143,20 +143,20 @@ def train_autoencoder(cfg: Any, spec: dict[str, Any], *, log: Any = None) -> tup
     with torch.no_grad():
         z = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean for i in range(0, 2048, 256)])
         shift, std = float(z.mean()), float(z.std())
-        held = images[-512:]
-        recon = vae.decode(vae.encode(held).latent_dist.mean).sample
+        seen = images[-512:]  # 512 of its training renders (the steps draw from all of them)
+        recon = vae.decode(vae.encode(seen).latent_dist.mean).sample
         if categorical:
             recon = palette_to_images(recon, palette)
-        mse = float(torch.nn.functional.mse_loss(recon.clamp(-1, 1), held))
+        mse = float(torch.nn.functional.mse_loss(recon.clamp(-1, 1), seen))
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / max(std, 1e-6))
-    return vae, {"palette": palette.int().tolist() if categorical else None, "toy_vae/recon_mse": mse, "toy_vae/train_s": time.perf_counter() - t0,
-                 "toy_vae/latent_std": std, "toy_vae/latent_mean": shift}
+    return vae, {"palette": palette.int().tolist() if categorical else None, "toy_vae/recon_mse": mse,
+                 "toy_vae/train_s": time.perf_counter() - t0, "toy_vae/latent_std": std, "toy_vae/latent_mean": shift}
 
 
 def vae_folder(cfg: Any) -> Path:
-    spec = vae_spec(cfg)
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.tracking.root) / "tokenizers" / f"toyvae-{key}"
+    from lightgen.model.oneoff import cache_folder
+
+    return cache_folder(cfg, "toyvae", vae_spec(cfg))
 
 
 def resolve_toy_vae(cfg: Any, *, log: Any = None) -> Path:
