@@ -176,6 +176,12 @@ def d(tmp_path_factory) -> Path:
     return d
 
 
+def _caption_file(name: str) -> list[str]:
+    """`lightgen data build` of the real world with ``{d}/<name>`` as its caption file."""
+    return ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
+            "--set", f"world.caption_file={{d}}/{name}"]
+
+
 FILE_CASES = [
     # (id, args with {d}, needle)
     ("config-yaml-not-utf8", ["train", "{d}/latin1.yaml"], "latin1.yaml:3: not UTF-8"),
@@ -209,20 +215,13 @@ FILE_CASES = [
     ("metadata-exclude-string", ["geneval", "evaluate", "{d}/ge_exclude_str"], "field 'exclude' must be a list"),
     ("metadata-tag-number", ["geneval", "evaluate", "{d}/ge_tag_num"], "field 'tag' must be a string"),
     ("metadata-is-folder", ["geneval", "evaluate", "{d}/ge_meta_folder"], "missing metadata.jsonl"),
-    ("captions-not-utf8", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                           "--set", "world.caption_file={d}/caps_latin1.jsonl"], "caps_latin1.jsonl:2: not UTF-8"),
-    ("captions-line-number", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                              "--set", "world.caption_file={d}/caps_number.jsonl"], "caps_number.jsonl:1: expected a JSON object"),
-    ("captions-caption-list", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                               "--set", "world.caption_file={d}/caps_caplist.jsonl"], "caps_caplist.jsonl:1: no 'caption'"),
-    ("captions-include-string", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                                 "--set", "world.caption_file={d}/caps_inc_str.jsonl"], "caps_inc_str.jsonl:1: 'include' must be a list"),
-    ("captions-class-list", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                             "--set", "world.caption_file={d}/caps_class_list.jsonl"], "caps_class_list.jsonl:1: include[0].class"),
-    ("captions-txt-not-utf8", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                               "--set", "world.caption_file={d}/caps_latin1.txt"], "caps_latin1.txt:1: not UTF-8"),
-    ("captions-is-folder", ["data", "build", "smoke", "--set", "world.kind=real", "--set", "world.teacher=x",
-                            "--set", "world.caption_file={d}/folder.jsonl"], "folder.jsonl is a folder"),
+    ("captions-not-utf8", _caption_file("caps_latin1.jsonl"), "caps_latin1.jsonl:2: not UTF-8"),
+    ("captions-line-number", _caption_file("caps_number.jsonl"), "caps_number.jsonl:1: expected a JSON object"),
+    ("captions-caption-list", _caption_file("caps_caplist.jsonl"), "caps_caplist.jsonl:1: no 'caption'"),
+    ("captions-include-string", _caption_file("caps_inc_str.jsonl"), "caps_inc_str.jsonl:1: 'include' must be a list"),
+    ("captions-class-list", _caption_file("caps_class_list.jsonl"), "caps_class_list.jsonl:1: include[0].class"),
+    ("captions-txt-not-utf8", _caption_file("caps_latin1.txt"), "caps_latin1.txt:1: not UTF-8"),
+    ("captions-is-folder", _caption_file("folder.jsonl"), "folder.jsonl is a folder"),
     ("bundle-runs-not-parquet", ["runs", "import", "{d}/bundle_text"], "runs.parquet is not a readable Parquet"),
     ("bundle-runs-is-folder", ["runs", "import", "{d}/bundle_runs_dir"], "missing runs.parquet"),
     ("bundle-manifest-not-utf8", ["runs", "import", "{d}/bundle_manifest_latin1"], "unreadable bundle.json"),
