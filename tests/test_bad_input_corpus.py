@@ -242,11 +242,16 @@ FILE_CASES = [
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=[c[0] for c in FILE_CASES])
 def test_files_not_what_they_claim(case, d, tmp_path, monkeypatch):
+    _refused_before_the_store(case, d, tmp_path, monkeypatch, "a run was started before the input was refused")
+
+
+def _refused_before_the_store(case, d, tmp_path, monkeypatch, why: str) -> None:
+    """The command exits 2 with the named file/field, no traceback, and the MLflow store never created."""
     _, args, needle = case
     code, out, exc = _invoke(_fill(args, d=str(d)), tmp_path, monkeypatch)
     _check(code, out, exc, needle)
     _assert_nothing_running(tmp_path / "mlflow.db")
-    assert not (tmp_path / "mlflow.db").exists(), "a run was started before the input was refused"
+    assert not (tmp_path / "mlflow.db").exists(), why
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,11 +538,8 @@ def test_sweep_objective_no_trial_logs_with_eval_off(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", STORAGE_CASES, ids=[c[0] for c in STORAGE_CASES])
 def test_storage(case, d, tmp_path, monkeypatch):
-    _, args, needle = case
-    code, out, exc = _invoke(_fill(args, d=str(d)), tmp_path, monkeypatch)
-    _check(code, out, exc, needle)
-    _assert_nothing_running(tmp_path / "mlflow.db")
-    assert not (tmp_path / "mlflow.db").exists(), "the MLflow store was touched before the storage was checked"
+    _refused_before_the_store(case, d, tmp_path, monkeypatch,
+                              "the MLflow store was touched before the storage was checked")
 
 
 # --------------------------------------------------------------------------------------------------
