@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 def metrics(db: Path) -> dict[str, dict[int, float]]:
@@ -75,6 +74,8 @@ def main() -> None:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"run failed (exit {proc.returncode})")
+    from lightgen.geneval.prompts import TASKS
+
     m = metrics(db)
     steps = sorted(m.get("geneval/overall", {}))
     evals = []

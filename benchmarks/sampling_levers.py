@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     from lightgen.config import load_config
+    from lightgen.geneval.prompts import TASKS
     from lightgen.geneval.evaluate import make_detector, run_geneval
     from lightgen.model.sampling import sample_images
     from lightgen.train.checkpoint import load_checkpoint
@@ -32,13 +33,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "sampling_levers.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for variant in args.variant or [""]:
-        sets = [s for s in variant.split(",") if s]
+    variants = [[s for s in v.split(",") if s] for v in args.variant or [""]]
+    for sets in variants:  # refuse a bad variant before any sampling
         if any(not s.startswith("eval.") for s in sets):
-            raise SystemExit(f"only eval.* overrides change sampling, got {variant!r}")
-        model, cfg = load_checkpoint(args.checkpoint)
-        cfg = load_config(cfg.model_dump(mode="json"), sets + ([f"tracking.root={args.root}"] if args.root else []))
-        world = ToyWorld(cfg.world)
+            raise SystemExit(f"only eval.* overrides change sampling, got {','.join(sets)!r}")
+    model, base = load_checkpoint(args.checkpoint)
+    world = ToyWorld(base.world)
+    for sets in variants:
+        cfg = load_config(base.model_dump(mode="json"), sets + ([f"tracking.root={args.root}"] if args.root else []))
 
         def sampler(prompts, seeds, model=model, cfg=cfg):
             return sample_images(model, prompts, cfg.eval, seeds=seeds)
@@ -47,9 +49,7 @@ def main() -> None:
         summary, _ = run_geneval(cfg, world, sampler, None, detector=make_detector(cfg, world), save_images=False)
         row = {"checkpoint": args.checkpoint, "variant": sets, "overall": summary["geneval/overall"],
                "ci": [summary["geneval/overall_ci_low"], summary["geneval/overall_ci_high"]],
-               "tasks": {k.split("/")[1]: v for k, v in summary.items() if k.startswith("geneval/")
-                         and k.split("/")[1] in ("single_object", "two_object", "counting", "colors", "position",
-                                                 "color_attr")},
+               "tasks": {t: summary[f"geneval/{t}"] for t in TASKS if f"geneval/{t}" in summary},
                "seconds": round(time.perf_counter() - t, 1)}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
