@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lightgen.redact import redact_obj
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.data import store
 from lightgen.world.captions import CaptionGenerator, Knobs
 from lightgen.world.toy import ToyWorld
