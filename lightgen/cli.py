@@ -31,7 +31,7 @@ def _parse_sets(sets: list[str] | None) -> dict:
 
 
 def _default_preset() -> str:
-    from lightgen.sweep import _cuda_device_count
+    from lightgen.sweep.launch import _cuda_device_count
 
     return "lab" if _cuda_device_count() > 0 else "smoke"
 
@@ -79,7 +79,7 @@ def sweep(
                             workers=workers, storage=storage, tracking_uri=tracking_uri, runner=runner, seeds=seeds,
                             retry_failed=retry_failed)
     try:
-        result = sw.launch(name, opts, log=lambda m: console.print(m, highlight=False))
+        result = sw.launch(name, opts, log=lambda m: console.print(m, highlight=False), plan=plan)
     except (ConnectionError, PermissionError) as e:
         raise UserError(str(e)) from None
     _print_status(result)

@@ -1,0 +1,303 @@
+"""The launcher of a sweep (``lightgen sweep NAME``): checks, the MLflow parent run, enqueueing, spawning
+and supervising worker processes, joining other launchers of the same study."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightgen.config import ConfigError, ExperimentConfig
+from lightgen.redact import redact
+from lightgen.sweep.plan import Plan, plan_sweep, write_plan
+from lightgen.sweep.spec import load_sweep
+from lightgen.sweep.study import (
+    _has_active,
+    _has_waiting,
+    check_storage_url,
+    default_storage_url,
+    enqueue_jobs,
+    get_study,
+    open_storage,
+    permanently_failed,
+    reap_dead_trials,
+    restore_from_mlflow,
+    sweep_status,
+)
+from lightgen.sweep.worker import ENV_SETS, ENV_STORAGE, ENV_TRACKING, _resolve_runner
+from lightgen.tracking import (
+    TAG_COMMIT,
+    TAG_DIRTY,
+    TAG_KIND,
+    TAG_PRESET,
+    TAG_STUDY,
+    TAG_SWEEP,
+    TAG_WORLD,
+    get_or_create_experiment,
+    resolve_tracking_uri,
+)
+from lightgen.utils import file_lock, pid_alive
+
+
+def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
+    """The sweep's parent run (one per study), created once, reused when the command is re-run."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import config_params, ensure_store, git_info, pip_freeze
+
+    client = MlflowClient(ensure_store(tracking_uri))
+    exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{TAG_STUDY}` = '{plan.study_name}' and tags.`{TAG_KIND}` = 'sweep'",
+        max_results=1,
+    )
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    commit, dirty = git_info()
+    run = client.create_run(
+        exp_id,
+        run_name=f"{plan.sweep.name}:{plan.preset}",
+        tags={
+            TAG_KIND: "sweep",
+            TAG_SWEEP: plan.sweep.name,
+            TAG_STUDY: plan.study_name,
+            TAG_PRESET: plan.preset,
+            TAG_WORLD: plan.base_config.world.kind,
+            TAG_COMMIT: commit,
+            TAG_DIRTY: str(dirty).lower(),
+        },
+    )
+    run_id = run.info.run_id
+    from mlflow.entities import Param
+
+    params = {**config_params(plan.base_config), TAG_SWEEP: plan.sweep.name,
+              "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
+    items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_text(run_id, redact(plan.sweep.model_dump_json(indent=2)), "sweep.json")
+    client.log_text(run_id, pip_freeze(), "pip-freeze.txt")
+    return run_id
+
+
+@dataclass
+class LaunchOptions:
+    preset: str
+    sets: dict[str, Any]
+    gpus: list[int] | None = None
+    workers_per_gpu: int = 1
+    workers: int | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    runner: str | None = None
+    max_restarts: int = 20
+    seeds: int | None = None
+    retry_failed: bool = False
+
+
+def resolve_workers(opts: LaunchOptions, cfg: ExperimentConfig) -> list[dict[str, str]]:
+    """Environment for each worker: GPUs pinned with CUDA_VISIBLE_DEVICES."""
+    gpus = opts.gpus if opts.gpus is not None else (cfg.sweep.gpus or None)
+    if gpus:
+        n = _cuda_device_count()
+        bad = [g for g in gpus if g < 0 or g >= n]
+        if bad:
+            raise ConfigError(
+                f"--gpus names GPU {bad[0]} but this machine has {n} GPU(s)"
+                + (f" (valid: 0..{n - 1})" if n else "")
+            )
+        k = opts.workers_per_gpu or cfg.sweep.workers_per_gpu
+        return [{"CUDA_VISIBLE_DEVICES": str(g)} for g in gpus for _ in range(k)]
+    n = opts.workers or cfg.sweep.workers
+    return [{"CUDA_VISIBLE_DEVICES": ""} if _cuda_device_count() == 0 else {} for _ in range(n)]
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | None = None) -> dict[str, Any]:
+    """Run (or continue) a sweep to completion; ``plan`` (else planned here from ``name``) is written once
+    to ``<root>/optuna/<study>.plan.json``, which every worker reads. Returns a summary dict."""
+    from lightgen.tracking import check_reachable, ensure_store
+
+    _resolve_runner(opts.runner)  # refuse a runner outside the allowed modules before anything starts
+    if plan is None:
+        plan = plan_sweep(load_sweep(name), opts.preset, opts.sets, seeds=opts.seeds)
+    sweep = plan.sweep
+    cfg = plan.base_config
+    tracking_uri = resolve_tracking_uri(opts.tracking_uri or cfg.tracking.tracking_uri)
+    check_reachable(tracking_uri)
+    root = Path(cfg.tracking.root)
+    _check_writable(root)
+    storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
+    check_storage_url(storage_url, "--storage" if opts.storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
+    workers_env = resolve_workers(opts, cfg)
+    ensure_store(tracking_uri)  # checked, and created once under a file lock, before anything uses it
+
+    storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
+    lock = root / "optuna" / f"{plan.study_name}.lock"
+    with file_lock(lock):  # two launchers at once: one creates the study and the parent, the other joins
+        study = get_study(plan, storage)
+        parent = ensure_parent_run(plan, tracking_uri)
+        plan_file = write_plan(plan, root / "optuna" / f"{plan.study_name}.plan.json")
+    launchers = root / "optuna" / f"{plan.study_name}.launchers"
+    me = _register_launcher(launchers)
+    t0 = time.time()
+    restarts = 0
+    status = "FINISHED"
+    procs: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
+    try:
+        with file_lock(lock):
+            reaped = reap_dead_trials(study, tracking_uri)
+            restored = restore_from_mlflow(plan, study, tracking_uri)
+            if restored:
+                log(f"warning: the Optuna journal had no trial of {len(restored)} job(s) that MLflow holds as "
+                    f"FINISHED (an emptied or replaced journal); restored them as complete: {', '.join(restored)}")
+            enq, done = enqueue_jobs(plan, study, retry_failed=opts.retry_failed)
+            held = permanently_failed(plan, study)
+        others = _other_launchers(launchers)
+        log(f"sweep {sweep.name} [{opts.preset}] study {plan.study_name}: {len(plan.jobs)} jobs, "
+            f"{done} done, {enq} enqueued" + (f", {len(reaped)} dead trials reaped" if reaped else "")
+            + (f"; joining {len(others)} running launcher(s) {others}" if others else "")
+            + (f", {len(held)} failed permanently and not retried ({', '.join(held)}); fix the cause and run "
+               f"again with --retry-failed" if held else ""))
+        if not _has_waiting(study) and not (plan.sweep.sampler == "tpe" and plan.sweep.budget):
+            workers_env = []  # nothing to do: a finished sweep re-run does nothing new
+        for env in workers_env:
+            p = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file)
+            procs[p.pid] = (p, env)
+        while procs:
+            time.sleep(0.5)
+            for pid, (p, env) in list(procs.items()):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                del procs[pid]
+                if rc != 0:
+                    # a dead worker: fail its trial, mark its run KILLED, put the job back, replace it
+                    with file_lock(lock):
+                        dead = reap_dead_trials(study, tracking_uri, pids={pid})
+                        enqueue_jobs(plan, study)
+                    log(f"worker {pid} died (exit {rc}); requeued {dead or 'nothing'}")
+                    if restarts < opts.max_restarts and _has_waiting(study):
+                        restarts += 1
+                        np_ = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file)
+                        procs[np_.pid] = (np_, env)
+                    elif restarts >= opts.max_restarts:
+                        status = "FAILED"
+        # joined another launcher: its jobs are still running; wait for them instead of failing the sweep
+        waited = False
+        while _has_active(study) and _other_launchers(launchers):
+            if not waited:
+                log("waiting for the other launcher(s) of this sweep to finish their jobs")
+                waited = True
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        for p, _ in procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        for p, _ in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            me.unlink()
+        summary = sweep_status(plan, study)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        if status == "FINISHED" and summary["pending"] > 0:
+            status = "FAILED" if summary["failed_points"] else "RUNNING"
+        others = _other_launchers(launchers)
+        with contextlib.suppress(Exception):
+            from mlflow.entities import Metric
+
+            client.log_batch(parent, metrics=[
+                Metric("sweep/complete", summary["complete"], int(time.time() * 1000), 0),
+                Metric("sweep/wall_seconds", time.time() - t0, int(time.time() * 1000), 0),
+            ])
+            if not others:  # the last launcher out ends the shared parent run
+                client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
+    summary["wall_seconds"] = time.time() - t0
+    summary["parent_run_id"] = parent
+    summary["status"] = status
+    return summary
+
+
+def _register_launcher(folder: Path) -> Path:
+    """Record this launcher (``<study>.launchers/<pid>``) so that concurrent launchers of a sweep know of
+    each other: the last one out ends the parent run; an earlier one waits for the others' jobs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    me = folder / str(os.getpid())
+    me.write_text(socket.gethostname())
+    return me
+
+
+def _other_launchers(folder: Path) -> list[int]:
+    """Live launchers of this sweep on this host other than this process (stale entries are removed)."""
+    out = []
+    host = socket.gethostname()
+    for f in folder.glob("*") if folder.is_dir() else []:
+        if not f.name.isdigit() or int(f.name) == os.getpid():
+            continue
+        try:
+            if f.read_text().strip() not in ("", host):
+                continue  # another node's launcher: its liveness cannot be checked from here
+        except OSError:
+            continue
+        if pid_alive(int(f.name)):
+            out.append(int(f.name))
+        else:
+            with contextlib.suppress(OSError):
+                f.unlink()
+    return out
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        (root / "optuna").mkdir(parents=True, exist_ok=True)
+        probe = root / "optuna" / f".probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"tracking.root '{root}' is not writable: {e.strerror}") from None
+
+
+def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri: str, parent: str,
+                  env_extra: dict[str, str], plan_file: Path | None = None) -> subprocess.Popen:
+    """A worker process running the plan file the launcher wrote (without one: planning ``name`` itself).
+    Storage URL, tracking URI and --set values (any of which may hold a password) go through the
+    environment, never the command line that ``ps`` shows to every user."""
+    cmd = [sys.executable, "-m", "lightgen.sweep.worker"]
+    if plan_file is not None:
+        cmd += ["--plan", str(plan_file)]
+    else:
+        cmd += ["worker", name, "--preset", opts.preset] + (["--seeds", str(opts.seeds)] if opts.seeds else [])
+    cmd += ["--parent-run-id", parent]
+    if opts.runner:
+        cmd += ["--runner", opts.runner]
+    env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", ENV_STORAGE: storage_url, ENV_TRACKING: tracking_uri,
+           ENV_SETS: json.dumps(opts.sets, default=str)}
+    return subprocess.Popen(cmd, env=env, cwd=os.getcwd())

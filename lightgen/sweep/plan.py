@@ -1,0 +1,219 @@
+"""Planning a sweep: its points (one per distinct resolved config), jobs (point × seed), the plan file the
+launcher writes once for its workers, and the dry run (datasets, checkpoints, compute; no side effects)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightgen.config import ConfigError, ExperimentConfig, load_config, parse_size, size_label, validate_config
+from lightgen.errors import UserError
+from lightgen.sweep.spec import PresetSettings, SweepDef
+from lightgen.utils import write_atomic
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Point:
+    arm: str
+    overrides: dict[str, Any]  # the swept values (what tables show)
+    cfg: ExperimentConfig  # resolved config at seed 0
+    point_id: str
+    label: str
+
+
+@dataclass
+class Job:
+    point: Point
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.point.point_id}-s{self.seed}"
+
+    def overrides(self, plan: "Plan") -> dict[str, Any]:
+        return {**plan.common, **self.point.overrides, "seed": self.seed, "data.seed": self.seed}
+
+
+@dataclass
+class Plan:
+    sweep: SweepDef
+    preset: str
+    seeds: int
+    common: dict[str, Any]  # base + preset set + CLI sets
+    points: list[Point] = field(default_factory=list)
+    base: ExperimentConfig | None = None  # the resolved base config, resolved once (``base_config``)
+    study: str | None = None  # the study name as the launcher computed it (a plan read from its file)
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [Job(p, s) for p in self.points for s in range(self.seeds)]
+
+    @property
+    def study_name(self) -> str:
+        if self.study is not None:
+            return self.study
+        blob = json.dumps({"common": self.common, "seeds": self.seeds}, sort_keys=True, default=str)
+        return f"{self.sweep.name}-{self.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+    @property
+    def experiment_name(self) -> str:
+        return f"lightgen/{self.sweep.name}"
+
+    @property
+    def job_kind(self) -> str:
+        """What kind of job every point is: ``pretrain``, or ``dpo`` / ``sft`` (``dpo.mode``) from a base."""
+        return "pretrain" if self.sweep.mode in ("train", "iterations") else "dpo"
+
+    @property
+    def base_point_id(self) -> str | None:
+        """The shared base model of a DPO sweep (``checkpoints/<base_point_id>/seed<seed>``), else None."""
+        if self.sweep.mode != "dpo":
+            return None
+        cfg = self.base_config
+        return "base-" + cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo."))
+
+    def point_id_of(self, cfg: ExperimentConfig) -> str:
+        """A point's identity: its config hash and its job kind (and, for DPO/SFT, its base)."""
+        if self.job_kind == "pretrain":
+            return job_point_id(cfg, "pretrain")
+        return job_point_id(cfg, cfg.dpo.mode, base=f"{self.base_point_id}/seed{self.base_config.seed}")
+
+    def job_config(self, job: Job) -> ExperimentConfig:
+        """The job's config: its point's resolved config with the job's seeds (``seed``, ``data.seed``), the
+        same as loading the preset with ``job.overrides(plan)``, without reading the preset again."""
+        data = job.point.cfg.model_dump(mode="json")
+        data["seed"] = job.seed
+        data["data"]["seed"] = job.seed
+        return validate_config(data)
+
+    @property
+    def base_config(self) -> ExperimentConfig:
+        if self.base is None:
+            self.base = load_config(self.preset, self.common)
+        return self.base
+
+    # ---- the plan file: written once by the launcher, read by its workers ----------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": PLAN_VERSION, "study": self.study_name, "sweep": self.sweep.model_dump(mode="json"), "preset": self.preset,
+                "seeds": self.seeds, "common": self.common, "base": self.base_config.model_dump(mode="json"),
+                "points": [{"arm": p.arm, "overrides": p.overrides, "point_id": p.point_id, "label": p.label,
+                            "cfg": p.cfg.model_dump(mode="json")} for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        plan = cls(SweepDef.model_validate(data["sweep"]), data["preset"], int(data["seeds"]), dict(data["common"]),
+                   base=validate_config(data["base"]), study=str(data["study"]))
+        plan.points = [Point(p["arm"], dict(p["overrides"]), validate_config(p["cfg"]), p["point_id"], p["label"])
+                       for p in data["points"]]
+        return plan
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    """The plan as JSON (temp file, then rename): what every worker of the launch runs. Passwords in URLs
+    are redacted (``lightgen.redact``): workers get the storage URL and tracking URI by environment."""
+    from lightgen.redact import redact
+
+    return write_atomic(path, redact(json.dumps(plan.to_dict(), sort_keys=True, default=str)))
+
+
+def read_plan(path: str | Path) -> Plan:
+    """A plan file written by :func:`write_plan`; a missing, foreign or damaged one is a ``UserError``."""
+    from lightgen.utils import read_text
+
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise ValueError(f"not a version-{PLAN_VERSION} sweep plan")
+        return Plan.from_dict(data)
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"sweep plan {path}: {e}") from None
+
+
+def job_point_id(cfg: ExperimentConfig, kind: str = "pretrain", base: str | None = None) -> str:
+    """The identity of a point: what is trained (the config hash) and how (the job kind and its base).
+
+    Pre-training (``kind="pretrain"``) keeps the plain config hash, so existing checkpoint folders and runs
+    stay valid. DPO and SFT (``kind`` = ``dpo.mode``) hash the config together with the kind and the base
+    they start from: a DPO point can never share a checkpoint folder, a run tag or a finished trial with a
+    pre-training point of the same config (e.g. the default β next to the default data scale)."""
+    if kind == "pretrain":
+        return cfg.point_id()
+    blob = json.dumps({"point": cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo.base")),
+                       "kind": kind, "base": base}, sort_keys=True)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def _label(overrides: dict[str, Any]) -> str:
+    parts = []
+    for k, v in overrides.items():
+        if k == "data.scale":
+            v = size_label(parse_size(v))
+        parts.append(f"{k.split('.')[-1]}={v}")
+    return ", ".join(parts) or "base"
+
+
+def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None, seeds: int | None = None) -> Plan:
+    """Resolve a sweep at a preset: validate every point against the config schema."""
+    settings = sweep.presets.get(preset, PresetSettings())
+    common = {**sweep.base, **settings.set, **(sets or {})}
+    n_seeds = seeds or settings.seeds or sweep.seeds
+    plan = Plan(sweep, preset, n_seeds, common)
+    try:
+        base_cfg = plan.base_config
+    except ConfigError as e:
+        raise ConfigError(f"sweep '{sweep.name}' at preset '{preset}': {e}") from None
+    if sweep.objective.startswith("geneval") and not base_cfg.eval.enabled:
+        raise ConfigError(f"sweep '{sweep.name}' at preset '{preset}': objective {sweep.objective!r} is a GenEval "
+                          "metric but eval.enabled is false, so no trial would log it")
+    arms = [a for a in sweep.arms if settings.arms is None or a.name in settings.arms]
+    seen: dict[str, Point] = {}
+    for arm in arms:
+        for swept in arm.combos():
+            over = {**arm.fixed, **swept}
+            try:
+                cfg = load_config(preset, {**common, **over, "seed": 0, "data.seed": 0})
+            except ConfigError as e:
+                raise ConfigError(f"sweep '{sweep.name}', arm '{arm.name}', point {over}: {e}") from None
+            pid = plan.point_id_of(cfg)
+            if pid in seen:  # the same point reached by two arms is run once
+                continue
+            seen[pid] = Point(arm.name, over, cfg, pid, _label(swept) if swept else arm.name)
+    plan.points = list(seen.values())
+    if sweep.sampler == "grid" and not plan.points:
+        raise ConfigError(f"sweep '{sweep.name}' has no points at preset '{preset}'")
+    return plan
+
+
+def dry_run(plan: Plan) -> dict[str, Any]:
+    """Points, datasets and checkpoints to build, and a compute estimate (no side effects)."""
+    datasets: dict[str, dict[str, Any]] = {}
+    ckpts = []
+    total_samples = 0
+    total_flops = 0.0
+    for job in plan.jobs:
+        cfg = plan.job_config(job)
+        dkey = json.dumps({"world": cfg.world.model_dump(), "scale": cfg.data.scale, "div": cfg.data.caption_diversity,
+                           "cov": cfg.data.coverage, "var": cfg.data.variety, "den": cfg.data.density,
+                           "res": cfg.data.resolution, "seed": cfg.data.seed}, sort_keys=True)
+        datasets.setdefault(dkey, {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
+                                   "diversity": cfg.data.caption_diversity, "seed": cfg.data.seed,
+                                   "resolution": cfg.data.resolution})
+        ckpts.append(f"{cfg.tracking.root}/checkpoints/{job.point.point_id}/seed{job.seed}")
+        samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
+        total_samples += samples
+        total_flops += samples * _flops_per_sample(cfg)
+    return {"points": plan.points, "jobs": len(plan.jobs), "datasets": list(datasets.values()),
+            "checkpoints": ckpts, "samples": total_samples, "train_flops": total_flops}
+
+
+def _flops_per_sample(cfg: ExperimentConfig) -> float:
+    """6 × parameters × tokens: a standard transformer training estimate (forward + backward)."""
+    params = {"tiny": 1.1e6, "small": 78e6, "L": 792e6}[cfg.model.size]  # as built by lightgen.model
+    tokens = (cfg.data.resolution // (cfg.model.patch_size * (8 if cfg.model.tokenizer == "vae" else 1))) ** 2
+    return 6.0 * params * tokens
