@@ -310,6 +310,20 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    def log_dataset_input(self, name: str, *, digest: str, source: dict[str, Any], num_rows: int,
+                          context: str = "train") -> None:
+        """The run's dataset as an MLflow dataset input (a convenience: a failure here is never fatal)."""
+        import json
+
+        try:
+            from mlflow.entities import Dataset, DatasetInput, InputTag
+
+            dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps(source),
+                              profile=json.dumps({"num_rows": num_rows}))
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        except Exception:  # noqa: BLE001 - the dataset input is a convenience, never fatal
+            pass
+
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, obj, artifact_file)
 
@@ -502,3 +516,74 @@ def copy_metric_history(client: Any, src_run: str, dst_run: str, *, max_step: in
     for i in range(0, len(points), 1000):
         client.log_batch(dst_run, metrics=points[i : i + 1000])
     return len(points)
+
+
+# --------------------------------------------------------------------------------------------------
+# A sweep's parent run and its trial runs (the sweep package talks to MLflow only through these)
+# --------------------------------------------------------------------------------------------------
+def ensure_parent_run(tracking_uri: str, experiment: str, study: str, *, run_name: str, tags: dict[str, Any],
+                      params: dict[str, Any], texts: dict[str, str]) -> str:
+    """The parent run of ``study`` (tag ``lightgen.kind=sweep``), created once — with ``tags``, ``params``
+    (redacted) and ``texts`` (artifact name → text) — and set RUNNING again when a launcher re-runs it."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ensure_store(tracking_uri))
+    exp_id = get_or_create_experiment(experiment, tracking_uri)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'sweep'",
+                              max_results=1)
+    if runs:
+        run_id = runs[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    commit, dirty = git_info()
+    run = client.create_run(exp_id, run_name=run_name, tags={TAG_KIND: "sweep", TAG_STUDY: study, **tags,
+                                                             TAG_COMMIT: commit, TAG_DIRTY: str(dirty).lower()})
+    run_id = run.info.run_id
+    items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    for name, text in texts.items():
+        client.log_text(run_id, text, name)
+    return run_id
+
+
+def close_parent_run(tracking_uri: str, run_id: str, metrics: dict[str, float], status: str | None) -> None:
+    """Log a launcher's final ``sweep/…`` metrics on the parent run; end it with ``status`` unless None
+    (another launcher of the sweep still runs). Never raises: the sweep's own result stands."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    with contextlib.suppress(Exception):
+        client = MlflowClient(tracking_uri)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        if status is not None:
+            client.set_terminated(run_id, status=status)
+
+
+def finished_trial_runs(tracking_uri: str, experiment: str, study: str) -> list[tuple[str, dict[str, str], dict[str, float]]]:
+    """(run id, tags, metrics) of the FINISHED trial runs of ``study`` (none when the experiment is new)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'trial' and attributes.status = 'FINISHED'"),
+        max_results=50000)
+    return [(r.info.run_id, dict(r.data.tags), dict(r.data.metrics)) for r in runs]
+
+
+def run_record(tracking_uri: str | None, run_id: str, *, what: str = "run") -> tuple[dict[str, str], dict[str, str], str]:
+    """(tags, params, artifact URI) of an MLflow run; an unknown run id is a ``UserError`` naming ``what``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        run = MlflowClient(uri).get_run(run_id)
+    except MlflowException as e:
+        raise UserError(f"{what} {run_id}: no such MLflow run in {uri} ({getattr(e, 'message', e)})") from None
+    return dict(run.data.tags), dict(run.data.params), run.info.artifact_uri or ""

@@ -176,7 +176,7 @@ def test_detector_augmentation_is_part_of_its_cache_identity(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 def test_cpu_preset_runs_dataset_training_and_geneval(tmp_path):
     from lightgen import tracking
-    from lightgen.trial import train_and_evaluate
+    from lightgen.pipeline import train_and_evaluate
 
     cfg = quick_cfg(
         tmp_path, f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}", "data.scale=200",
@@ -198,7 +198,7 @@ def test_cpu_preset_runs_dataset_training_and_geneval(tmp_path):
 def test_cpu_preset_learns(tmp_path):
     """The benchmark's claim, checked for real: the cpu preset as shipped reaches GenEval ≥ 0.4 (~10 min)."""
     from lightgen import tracking
-    from lightgen.trial import train_and_evaluate
+    from lightgen.pipeline import train_and_evaluate
 
     cfg = load_config("cpu", [f"tracking.root={tmp_path / 'root'}",
                               f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])

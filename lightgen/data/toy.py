@@ -62,7 +62,9 @@ def stream_key(identity: dict) -> str:
 
 
 def cache_root(cfg: Any) -> Path:
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.tracking.root) / "datasets"
+    from lightgen.layout import datasets_dir
+
+    return datasets_dir(cfg)
 
 
 class ToyDataset(store.ShardedDataset):

@@ -209,8 +209,9 @@ def make_detector(cfg: Any, world: Any = None) -> Any:
         if world is None:
             raise UserError("eval.detector=toy needs the toy world (world.kind=toy)")
         from lightgen.geneval.toy_detector import ToyDetector
+        from lightgen.layout import detector_cache
 
-        return ToyDetector(world, cache_dir=Path(cfg.tracking.root) / "geneval",
+        return ToyDetector(world, cache_dir=detector_cache(cfg),
                            n_train=cfg.eval.detector_train_images, augment=cfg.eval.detector_augment)
     from lightgen.geneval.real_detector import RealDetector
 

@@ -24,7 +24,9 @@ from lightgen.utils import file_lock
 def cache_folder(cfg: Any, prefix: str, spec: dict[str, Any]) -> Path:
     """``<tracking.root>/tokenizers/<prefix>-<hash of spec>``: one folder per distinct recipe."""
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.tracking.root) / "tokenizers" / f"{prefix}-{key}"
+    from lightgen.layout import tokenizer_dir
+
+    return tokenizer_dir(cfg, f"{prefix}-{key}")
 
 
 def build_once(folder: Path, ready: str, what: str, cfg: Any, build: Callable[[Path, Callable[[str], None]], str],

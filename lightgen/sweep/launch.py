@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightgen import layout
 from lightgen.config import ConfigError, ExperimentConfig
 from lightgen.redact import redact
 from lightgen.sweep.plan import Plan, plan_sweep, write_plan
@@ -33,62 +34,21 @@ from lightgen.sweep.study import (
     sweep_status,
 )
 from lightgen.sweep.worker import ENV_SETS, ENV_STORAGE, ENV_TRACKING, _resolve_runner
-from lightgen.tracking import (
-    TAG_COMMIT,
-    TAG_DIRTY,
-    TAG_KIND,
-    TAG_PRESET,
-    TAG_STUDY,
-    TAG_SWEEP,
-    TAG_WORLD,
-    get_or_create_experiment,
-    resolve_tracking_uri,
-)
+from lightgen import tracking
+from lightgen.tracking import TAG_PRESET, TAG_SWEEP, TAG_WORLD, resolve_tracking_uri
 from lightgen.utils import file_lock, pid_alive
 
 
 def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
     """The sweep's parent run (one per study), created once, reused when the command is re-run."""
-    from mlflow.tracking import MlflowClient
-
-    from lightgen.tracking import config_params, ensure_store, git_info, pip_freeze
-
-    client = MlflowClient(ensure_store(tracking_uri))
-    exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
-    runs = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{TAG_STUDY}` = '{plan.study_name}' and tags.`{TAG_KIND}` = 'sweep'",
-        max_results=1,
-    )
-    if runs:
-        run_id = runs[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    commit, dirty = git_info()
-    run = client.create_run(
-        exp_id,
-        run_name=f"{plan.sweep.name}:{plan.preset}",
-        tags={
-            TAG_KIND: "sweep",
-            TAG_SWEEP: plan.sweep.name,
-            TAG_STUDY: plan.study_name,
-            TAG_PRESET: plan.preset,
-            TAG_WORLD: plan.base_config.world.kind,
-            TAG_COMMIT: commit,
-            TAG_DIRTY: str(dirty).lower(),
-        },
-    )
-    run_id = run.info.run_id
-    from mlflow.entities import Param
+    from lightgen.tracking import config_params, pip_freeze
 
     params = {**config_params(plan.base_config), TAG_SWEEP: plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
-    items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
-    client.log_text(run_id, redact(plan.sweep.model_dump_json(indent=2)), "sweep.json")
-    client.log_text(run_id, pip_freeze(), "pip-freeze.txt")
-    return run_id
+    return tracking.ensure_parent_run(
+        tracking_uri, plan.experiment_name, plan.study_name, run_name=f"{plan.sweep.name}:{plan.preset}",
+        tags={TAG_SWEEP: plan.sweep.name, TAG_PRESET: plan.preset, TAG_WORLD: plan.base_config.world.kind},
+        params=params, texts={"sweep.json": redact(plan.sweep.model_dump_json(indent=2)), "pip-freeze.txt": pip_freeze()})
 
 
 @dataclass
@@ -152,12 +112,12 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
     ensure_store(tracking_uri)  # checked, and created once under a file lock, before anything uses it
 
     storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
-    lock = root / "optuna" / f"{plan.study_name}.lock"
+    lock = layout.study_lock(root, plan.study_name)
     with file_lock(lock):  # two launchers at once: one creates the study and the parent, the other joins
         study = get_study(plan, storage)
         parent = ensure_parent_run(plan, tracking_uri)
-        plan_file = write_plan(plan, root / "optuna" / f"{plan.study_name}.plan.json")
-    launchers = root / "optuna" / f"{plan.study_name}.launchers"
+        plan_file = write_plan(plan, layout.plan_file(root, plan.study_name))
+    launchers = layout.launchers_dir(root, plan.study_name)
     me = _register_launcher(launchers)
     t0 = time.time()
     restarts = 0
@@ -225,21 +185,13 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
         with contextlib.suppress(OSError):
             me.unlink()
         summary = sweep_status(plan, study)
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri)
         if status == "FINISHED" and summary["pending"] > 0:
             status = "FAILED" if summary["failed_points"] else "RUNNING"
         others = _other_launchers(launchers)
-        with contextlib.suppress(Exception):
-            from mlflow.entities import Metric
-
-            client.log_batch(parent, metrics=[
-                Metric("sweep/complete", summary["complete"], int(time.time() * 1000), 0),
-                Metric("sweep/wall_seconds", time.time() - t0, int(time.time() * 1000), 0),
-            ])
-            if not others:  # the last launcher out ends the shared parent run
-                client.set_terminated(parent, status=status if status != "RUNNING" else "FAILED")
+        # the last launcher out ends the shared parent run
+        tracking.close_parent_run(tracking_uri, parent, {"sweep/complete": summary["complete"],
+                                                         "sweep/wall_seconds": time.time() - t0},
+                                  None if others else (status if status != "RUNNING" else "FAILED"))
     summary["wall_seconds"] = time.time() - t0
     summary["parent_run_id"] = parent
     summary["status"] = status
@@ -277,8 +229,8 @@ def _other_launchers(folder: Path) -> list[int]:
 
 def _check_writable(root: Path) -> None:
     try:
-        (root / "optuna").mkdir(parents=True, exist_ok=True)
-        probe = root / "optuna" / f".probe-{os.getpid()}"
+        layout.optuna_dir(root).mkdir(parents=True, exist_ok=True)
+        probe = layout.optuna_dir(root) / f".probe-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightgen import layout
 from lightgen.config import ConfigError, ExperimentConfig, load_config, parse_size, size_label, validate_config
 from lightgen.errors import UserError
+from lightgen.pipeline import experiment_name, job_point_id
 from lightgen.sweep.spec import PresetSettings, SweepDef
 from lightgen.utils import write_atomic
 
@@ -62,7 +64,7 @@ class Plan:
 
     @property
     def experiment_name(self) -> str:
-        return f"lightgen/{self.sweep.name}"
+        return experiment_name(self.base_config, sweep=self.sweep.name)
 
     @property
     def job_kind(self) -> str:
@@ -135,20 +137,6 @@ def read_plan(path: str | Path) -> Plan:
         raise UserError(f"sweep plan {path}: {e}") from None
 
 
-def job_point_id(cfg: ExperimentConfig, kind: str = "pretrain", base: str | None = None) -> str:
-    """The identity of a point: what is trained (the config hash) and how (the job kind and its base).
-
-    Pre-training (``kind="pretrain"``) keeps the plain config hash, so existing checkpoint folders and runs
-    stay valid. DPO and SFT (``kind`` = ``dpo.mode``) hash the config together with the kind and the base
-    they start from: a DPO point can never share a checkpoint folder, a run tag or a finished trial with a
-    pre-training point of the same config (e.g. the default β next to the default data scale)."""
-    if kind == "pretrain":
-        return cfg.point_id()
-    blob = json.dumps({"point": cfg.point_id(exclude=("seed", "data.seed", "preset", "tracking.", "sweep.", "dpo.base")),
-                       "kind": kind, "base": base}, sort_keys=True)
-    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
 def _label(overrides: dict[str, Any]) -> str:
     parts = []
     for k, v in overrides.items():
@@ -204,7 +192,7 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         datasets.setdefault(dkey, {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
                                    "diversity": cfg.data.caption_diversity, "seed": cfg.data.seed,
                                    "resolution": cfg.data.resolution})
-        ckpts.append(f"{cfg.tracking.root}/checkpoints/{job.point.point_id}/seed{job.seed}")
+        ckpts.append(str(layout.checkpoint_dir(cfg, job.point.point_id, job.seed)))
         samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
         total_samples += samples
         total_flops += samples * _flops_per_sample(cfg)

@@ -24,7 +24,7 @@ class _Strict(BaseModel):
 # and the study live (tracking.*, sweep.*) must be one place for the whole sweep.
 _SEED_KEYS = ("seed", "data.seed")
 _PLACE_PREFIXES = ("tracking.", "sweep.")
-# What a trial's summary holds (lightgen.trial.train_and_evaluate → lightgen.geneval.summary.summarize).
+# What a trial's summary holds (lightgen.pipeline.train_and_evaluate → lightgen.geneval.summary.summarize).
 _OBJECTIVE_RE = re.compile(
     r"^step$|^geneval/(overall_ci_low|overall_ci_high|correct_images|correct_prompts)$"
     r"|^geneval(_seen|_unseen)?/(overall|" + "|".join(GENEVAL_TASKS) + r")$"

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lightgen import layout
 from lightgen.config import ConfigError
 from lightgen.redact import redact
 from lightgen.sweep.plan import Plan
-from lightgen.tracking import TAG_FAILURE, TAG_JOB, TAG_KIND, TAG_STUDY
+from lightgen.tracking import TAG_FAILURE, TAG_JOB
 from lightgen.utils import pid_alive
 
 ATTR_FAILURE = TAG_FAILURE  # Optuna trial user attrs: why a trial failed; a failure a retry would repeat
@@ -24,7 +25,7 @@ JOB_ATTR = TAG_JOB  # the Optuna trial user attr naming its job (the same name a
 
 
 def default_storage_url(root: str | Path) -> str:
-    return f"journal:{Path(root) / 'optuna' / 'journal.log'}"
+    return f"journal:{layout.journal_file(root)}"
 
 
 def _file_blocking(path: Path) -> Path | None:
@@ -216,31 +217,25 @@ def restore_from_mlflow(plan: Plan, study: Any, tracking_uri: str) -> list[str]:
     (an emptied or lost journal) are added back as COMPLETE trials with their logged objective, so they
     are not run again. Returns the restored job keys."""
     import optuna
-    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import finished_trial_runs
 
     states = job_states(study)
     keys = {j.key: j for j in plan.jobs}
     missing = [k for k in keys if k not in states]
     if not missing:
         return []
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(plan.experiment_name)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.`{TAG_STUDY}` = '{plan.study_name}' and tags.`{TAG_KIND}` = 'trial' and attributes.status = 'FINISHED'"),
-        max_results=50000)
     restored = []
-    for r in runs:
-        key = r.data.tags.get(JOB_ATTR)
-        value = r.data.metrics.get(plan.sweep.objective)
+    for run_id, tags, metrics in finished_trial_runs(tracking_uri, plan.experiment_name, plan.study_name):
+        key = tags.get(JOB_ATTR)
+        value = metrics.get(plan.sweep.objective)
         if key not in missing or key in restored or value is None:
             continue
         job = keys[key]
         study.add_trial(optuna.trial.create_trial(value=float(value), params={}, distributions={}, user_attrs={
             JOB_ATTR: key, "point_id": job.point.point_id, "seed": job.seed, "label": job.point.label,
             "arm": job.point.arm, "overrides": json.dumps(job.point.overrides, default=str),
-            "mlflow_run_id": r.info.run_id, ATTR_RESTORED: "from MLflow (the journal had no trial of it)"}))
+            "mlflow_run_id": run_id, ATTR_RESTORED: "from MLflow (the journal had no trial of it)"}))
         restored.append(key)
     return restored
 

@@ -1,5 +1,5 @@
 """A sweep worker: pops jobs from the study until none waits, running each through the trial runner
-(``lightgen.trial.run_trial``, imported, not named by a string). Entry point:
+(``lightgen.sweep.trial.run_trial``, imported, not named by a string). Entry point:
 ``python -m lightgen.sweep.worker --plan PLAN.json --parent-run-id ID`` (storage URL and tracking URI by
 environment); ``python -m lightgen.sweep.worker worker NAME --preset P …`` plans from the sweep file instead."""
 
@@ -91,7 +91,7 @@ def _resolve_runner(spec: str | None) -> Any:
     import importlib
 
     if spec is None:
-        from lightgen.trial import run_trial
+        from lightgen.sweep.trial import run_trial
 
         return run_trial
     mod, _, fn = spec.partition(":")
@@ -100,7 +100,7 @@ def _resolve_runner(spec: str | None) -> Any:
     return getattr(importlib.import_module(mod), fn)
 
 
-TRIAL_RUNNER_MODULES = ("lightgen.trial", "lightgen.testing")
+TRIAL_RUNNER_MODULES = ("lightgen.sweep.trial", "lightgen.testing")
 
 
 def _worker_main(argv: list[str]) -> int:

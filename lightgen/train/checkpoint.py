@@ -36,6 +36,7 @@ from lightgen import redact
 from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig, load_config, read_yaml
 from lightgen.tracking import TAG_CHECKPOINT, TAG_CORRUPT  # noqa: F401 - run tags (folder; corrupt ones skipped)
+from lightgen.layout import checkpoints_under
 from lightgen.utils import sha256_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
@@ -270,30 +271,20 @@ def resolve_source(spec: str | Path, tracking_uri: str | None = None, *, what: s
 def checkpoint_of_run(run_id: str, tracking_uri: str | None, *, what: str = "checkpoint") -> Path:
     """The newest checkpoint of an MLflow run: its ``lightgen.checkpoint`` tag or param, a ``checkpoint``
     artifact folder, or the default checkpoint folder of its config (``tracking.root``/point/seed)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from lightgen.tracking import TAG_POINT, TAG_SEED, run_record
 
-    from lightgen.tracking import TAG_POINT, TAG_SEED, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as e:
-        raise UserError(f"{what} {run_id}: no such MLflow run in {uri} ({getattr(e, 'message', e)})") from None
-    tags, params = run.data.tags, run.data.params
+    tags, params, art = run_record(tracking_uri, run_id, what=what)
     candidates: list[tuple[str, Path]] = []
     for where, src in (("tag", tags), ("param", params)):
         if src.get(TAG_CHECKPOINT):
             candidates.append((f"{where} {TAG_CHECKPOINT}", Path(src[TAG_CHECKPOINT])))
-    art = run.info.artifact_uri or ""
     if art.startswith("file://"):
         art = art[len("file://"):]
     if art and "://" not in art:
         candidates.append(("artifact folder 'checkpoint'", Path(art) / "checkpoint"))
     if params.get("tracking.root") and tags.get(TAG_POINT) and tags.get(TAG_SEED) is not None:
         candidates.append(("default checkpoint folder of its config",
-                           Path(params["tracking.root"]) / "checkpoints" / tags[TAG_POINT] / f"seed{tags[TAG_SEED]}"))
+                           checkpoints_under(params["tracking.root"], tags[TAG_POINT], tags[TAG_SEED])))
     for _, path in candidates:
         if latest_checkpoint(path) is not None:
             return resolve_checkpoint(path)

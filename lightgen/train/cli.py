@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
-
-
-def checkpoint_dir(cfg, point_id: str | None = None) -> Path:
-    """``<root>/checkpoints/<point_id>/seed<seed>/`` (docs/ARCHITECTURE.md); ``point_id`` defaults to the
-    pre-training identity of ``cfg``."""
-    return cfg.root_path() / "checkpoints" / (point_id or cfg.point_id()) / f"seed{cfg.seed}"
 
 
 @user_errors
@@ -20,30 +12,27 @@ def train(
     config: str = typer.Argument(..., help="Experiment YAML or preset name (smoke, lab, paper)."),
     sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
     ckpt_dir: str = typer.Option(None, "--checkpoint-dir", help="Default: <root>/checkpoints/<point_id>/seed<seed>."),
-    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment or 'lightgen-train')."),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment or 'lightgen/train')."),
 ) -> None:
     """Pre-train the MAR student on a dataset, tracked in MLflow (resumes from the newest checkpoint)."""
     cfg = config_from_cli(config, sets)  # validate before the heavy imports: bad input fails at once
-    from lightgen import tracking
+    from lightgen import layout, pipeline, tracking
     from lightgen.train.pretrain import NonFiniteLossError
-    from lightgen.trial import train_and_evaluate
-
     from lightgen.utils import check_folder_path
 
     check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
-    out = check_folder_path(ckpt_dir, "--checkpoint-dir") if ckpt_dir else checkpoint_dir(cfg)
-    exp = experiment or cfg.tracking.experiment or "lightgen-train"
+    out = check_folder_path(ckpt_dir, "--checkpoint-dir") if ckpt_dir else layout.checkpoint_dir(cfg)
+    exp = experiment or pipeline.experiment_name(cfg, "train")
     # a killed earlier run of this folder (SIGKILL leaves it RUNNING) is resumed: one run, the whole history
     resume_id = tracking.stale_run_to_resume(cfg.tracking.tracking_uri, exp, out)
     if resume_id:
         echo(f"resuming MLflow run {resume_id} (its process is gone; checkpoints in {out})")
     try:
-        with tracking.tracked_run(cfg, experiment=exp, kind="train", run_id=resume_id) as tracker:
-            tracker.set_tags({tracking.TAG_CHECKPOINT: str(out)})
-            summary = train_and_evaluate(cfg, tracker, out, mode="train", progress=True)
+        result = pipeline.run(cfg, out, mode="train", experiment=exp, run_kind="train", run_id=resume_id, progress=True)
     except NonFiniteLossError as e:
         fail(str(e), code=1)
-    echo(f"trained to step {summary.get('step', '?')}; checkpoints in {out}; MLflow run {tracker.run_id}")
+    summary = {**result.summary, "step": result.step}
+    echo(f"trained to step {summary.get('step', '?')}; checkpoints in {out}; MLflow run {result.run_id}")
     if "geneval/overall" in summary:
         echo(f"GenEval overall {summary['geneval/overall']:.3f} "
              f"[{summary['geneval/overall_ci_low']:.3f}, {summary['geneval/overall_ci_high']:.3f}]")

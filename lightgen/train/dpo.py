@@ -83,6 +83,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from lightgen import layout
 from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig
 from lightgen.model.sampling import sample_images
@@ -298,7 +299,7 @@ def build_pairs(cfg: ExperimentConfig, base: str | Path, dataset: Any, out_dir: 
     base_cp = ckpt.resolve_checkpoint(base)
     n = min(cfg.dpo.num_pairs, len(dataset))
     key = pairs_key(cfg, base_cp, dataset, n)
-    folder = Path(out_dir) if out_dir is not None else cfg.root_path() / "dpo_pairs" / key
+    folder = Path(out_dir) if out_dir is not None else layout.dpo_pairs_dir(cfg, key)
     if (folder / MANIFEST_FILE).is_file():
         try:
             old = json.loads((folder / MANIFEST_FILE).read_text()).get("key")

@@ -9,7 +9,9 @@ folder it logged, or the default checkpoint folder of its config
 (``<tracking.root>/checkpoints/<point_id>/seed<seed>``, from its ``tracking.root`` param and its
 ``lightgen.point_id`` / ``lightgen.seed`` tags — where ``lightgen train`` writes). The DPO run links to its
 base with tag ``lightgen.base_run_id`` (run ids only), tag ``lightgen.base_checkpoint`` and param
-``dpo.base``; it logs its own checkpoint as tag ``lightgen.checkpoint``.
+``dpo.base``; it logs its own checkpoint folder as tag ``lightgen.checkpoint``. The run is
+``lightgen.pipeline.run`` (mode ``dpo``): the base's GenEval as ``geneval_before/…``, the result's as
+``geneval/…``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typer.core import TyperGroup
 
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
 
-from lightgen.tracking import TAG_BASE_CHECKPOINT, TAG_CHECKPOINT  # noqa: E402  (light: no MLflow/torch at CLI start)
+from lightgen.tracking import TAG_BASE_CHECKPOINT  # light: no MLflow/torch at CLI start
 
 
 class DefaultTrainGroup(TyperGroup):
@@ -61,23 +63,6 @@ def _dataset(cfg: Any) -> Any:
     return get_dataset(cfg, progress=True)
 
 
-def _world(cfg: Any) -> Any:
-    from lightgen.world import make_world
-
-    return make_world(cfg)
-
-
-def _geneval(cfg: Any, sampler: Any, out_dir: Path) -> tuple[dict[str, float], list[dict]] | None:
-    """GenEval of a sampler, or None when evaluation is off or the GenEval layer is missing."""
-    if not cfg.eval.enabled:
-        return None
-    try:
-        from lightgen.geneval.evaluate import run_geneval
-    except ImportError:
-        return None
-    return run_geneval(cfg, _world(cfg), sampler, out_dir, save_images=False)
-
-
 @app.command("train")
 @user_errors
 def train(
@@ -85,18 +70,15 @@ def train(
     base: str = typer.Option(None, "--base", help="Base checkpoint folder or MLflow run id (default: dpo.base)."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ckpt_dir: Optional[str] = typer.Option(None, "--checkpoint-dir", help="Default: <root>/checkpoints/<point_id>/seed<seed>."),
-    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment or 'lightgen-dpo')."),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="MLflow experiment (default: tracking.experiment or 'lightgen/dpo')."),
     geneval: bool = typer.Option(True, "--geneval/--no-geneval", help="GenEval of the base and of the result (eval.enabled)."),
 ) -> None:
     """DPO (or dpo.mode=sft) from a base checkpoint or MLflow run id, tracked in MLflow."""
-    from lightgen import tracking
-    from lightgen.train.cli import checkpoint_dir
-    from lightgen.train.dpo import load_base_sampler, dpo_train
+    from lightgen import layout, pipeline, tracking
     from lightgen.train.pretrain import NonFiniteLossError
-
-    cfg = config_from_cli(config, sets)
     from lightgen.utils import check_folder_path
 
+    cfg = config_from_cli(config, sets)
     check_folder_path(cfg.tracking.root, "tracking.root")  # refused before any run or dataset is started
     if ckpt_dir:
         check_folder_path(ckpt_dir, "--checkpoint-dir")
@@ -105,40 +87,23 @@ def train(
         raise UserError("give the base model with --base CHECKPOINT|RUN_ID (or dpo.base in the config)")
     base_cp, base_run = resolve_base(base, cfg.tracking.tracking_uri)
     cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"base": base})})  # param dpo.base
-    dataset = None if cfg.dpo.pairs else _dataset(cfg)
-    from lightgen.sweep import job_point_id
-
     # a DPO/SFT job's identity includes its kind and its base: never the folder of a pre-training run
-    point = job_point_id(cfg, cfg.dpo.mode, base=str(base_cp.resolve()))
-    out = Path(ckpt_dir) if ckpt_dir else checkpoint_dir(cfg, point)
-    exp = experiment or cfg.tracking.experiment or "lightgen-dpo"
+    point = pipeline.job_point_id(cfg, cfg.dpo.mode, base=str(base_cp.resolve()))
+    out = Path(ckpt_dir) if ckpt_dir else layout.checkpoint_dir(cfg, point)
     tags = {TAG_BASE_CHECKPOINT: str(base_cp.resolve()), tracking.TAG_POINT: point}
     if base_run:
         tags[tracking.TAG_BASE_RUN] = base_run
-    geneval_root = cfg.root_path() / "geneval" / "dpo"
     try:
-        with tracking.tracked_run(cfg, experiment=exp, kind="dpo", tags=tags) as tracker:
-            before = _geneval(cfg, load_base_sampler(base_cp, cfg), geneval_root / tracker.run_id / "base") if geneval else None
-            if before is not None:
-                tracker.log_metrics({k.replace("geneval", "geneval_base", 1): v for k, v in before[0].items()}, step=0)
-            result = dpo_train(cfg, base_cp, dataset, out, tracker=tracker, progress=None)
-            tracker.set_tags({TAG_CHECKPOINT: str(Path(result.checkpoint).resolve())})
-            after = _geneval(cfg, result.sampler, geneval_root / tracker.run_id / "after") if geneval else None
-            if after is not None:
-                from lightgen.geneval.evaluate import log_results_artifact
-
-                tracker.log_metrics(after[0], step=result.step)
-                log_results_artifact(tracker, after[1])
-                if before is not None:
-                    tracker.log_metrics({"geneval_delta/overall": after[0]["geneval/overall"] - before[0]["geneval/overall"]},
-                                        step=result.step)
+        result = pipeline.run(cfg, out, mode="dpo", base=base_cp, experiment=experiment or pipeline.experiment_name(cfg, "dpo"),
+                              run_kind="dpo", tags=tags, geneval=geneval, progress=True)
     except NonFiniteLossError as e:
         fail(str(e), code=1)
     echo(f"{cfg.dpo.mode} to step {result.step}; checkpoint {result.checkpoint}")
     if result.loss_history:
         echo(f"final {'sft' if cfg.dpo.mode == 'sft' else 'dpo'} loss {result.loss_history[-1][1]:.4f}")
-    if before is not None and after is not None:
-        echo(f"GenEval overall {before[0]['geneval/overall']:.3f} → {after[0]['geneval/overall']:.3f}")
+    if result.before and result.summary:
+        b, a = result.before["geneval_before/overall"], result.summary["geneval/overall"]
+        echo(f"GenEval overall {b:.3f} → {a:.3f} ({a - b:+.3f})")
 
 
 @app.command("pairs")
