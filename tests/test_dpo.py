@@ -293,7 +293,7 @@ def test_cli_dpo_config_routes_to_train_and_links_the_base(base, tmp_path, monke
     from mlflow.tracking import MlflowClient
 
     from lightgen.cli import app
-    from lightgen.train.dpo_cli import resolve_base
+    from lightgen.commands.dpo import resolve_base
 
     root, base_cp, pairs = base
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

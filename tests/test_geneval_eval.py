@@ -150,7 +150,7 @@ def test_cli_import_logs_metrics_and_artifact(tmp_path, monkeypatch):
 def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
     """`geneval sample` with a stand-in model API (the real one lives in lightgen.model / train)."""
     cfg, world, sets = setup
-    from lightgen.geneval import cli as gcli
+    from lightgen.commands import geneval as gcli
     from lightgen.geneval.evaluate import prompt_set
 
     specs = {s["prompt"]: s for s in prompt_set(cfg, world)}

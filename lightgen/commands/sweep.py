@@ -1,0 +1,108 @@
+"""`lightgen sweep NAME`: plan a sweep once, then dry-run it, show its status, or launch it (``lightgen.sweep``)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from lightgen.cliutil import SET_HELP, UserError, console, user_errors
+
+
+def _parse_sets(sets: list[str] | None) -> dict:
+    from lightgen.config import _parse_scalar, _split_override
+
+    out = {}
+    for s in sets or []:
+        k, v = _split_override(s)
+        out[k] = _parse_scalar(v)
+    return out
+
+
+def _default_preset() -> str:
+    from lightgen.sweep.launch import _cuda_device_count
+
+    return "lab" if _cuda_device_count() > 0 else "smoke"
+
+
+@user_errors
+def sweep(
+    name: str = typer.Argument(..., help="Sweep name (data-scale, caption-diversity, iterations, dpo-beta) or a YAML path."),
+    preset: str = typer.Option(None, "--preset", help="Experiment preset: smoke (default without a GPU), lab, paper."),
+    gpus: str = typer.Option(None, "--gpus", help="Comma-separated GPU indices, one worker per GPU (e.g. 0,1)."),
+    workers_per_gpu: int = typer.Option(1, "--workers-per-gpu", min=1, max=64, help="Workers per GPU (small models)."),
+    workers: int = typer.Option(None, "--workers", min=1, max=256, help="Worker processes without GPUs (default sweep.workers)."),
+    storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: journal file under mlruns/optuna)."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    sets: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    seeds: int = typer.Option(None, "--seeds", min=1, max=1000, help="Replicates per point (overrides the sweep's)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print points, datasets, checkpoints and compute; run nothing."),
+    status: bool = typer.Option(False, "--status", help="Show progress per point and exit."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Run again the jobs that failed permanently (NaN loss, bad input)."),
+    runner: str = typer.Option(None, "--runner", hidden=True, help="module:function running one trial (tests)."),
+) -> None:
+    """Run (or continue) an ablation sweep as an Optuna study; every trial is a child run in MLflow."""
+    from lightgen import sweep as sw
+
+    preset = preset or _default_preset()
+    overrides = _parse_sets(sets)
+    plan = sw.plan_sweep(sw.load_sweep(name), preset, overrides, seeds=seeds)
+    if dry_run:
+        _print_dry_run(plan, sw.dry_run(plan))
+        return
+    cfg = plan.base_config
+    storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
+    sw.check_storage_url(storage_url, "--storage" if storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
+    if status:
+        st = sw.sweep_status(plan, sw.get_study(plan, sw.open_storage(storage_url, heartbeat=False)))
+        _print_status(st)
+        return
+    gpu_list = None
+    if gpus:
+        try:
+            gpu_list = [int(g) for g in gpus.split(",") if g.strip() != ""]
+        except ValueError:
+            raise UserError(f"--gpus must be comma-separated integers, got '{gpus}'") from None
+    opts = sw.LaunchOptions(preset=preset, sets=overrides, gpus=gpu_list, workers_per_gpu=workers_per_gpu,
+                            workers=workers, storage=storage, tracking_uri=tracking_uri, runner=runner, seeds=seeds,
+                            retry_failed=retry_failed)
+    try:
+        result = sw.launch(name, opts, log=lambda m: console.print(m, highlight=False), plan=plan)
+    except (ConnectionError, PermissionError) as e:
+        raise UserError(str(e)) from None
+    _print_status(result)
+    console.print(f"sweep {result['status']} in {result['wall_seconds']:.1f} s; parent run {result['parent_run_id']}")
+    if result["status"] != "FINISHED":
+        raise typer.Exit(1)
+
+
+def _print_dry_run(plan, info) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{plan.sweep.name} [{plan.preset}]: {len(plan.points)} points x {plan.seeds} seeds = {info['jobs']} jobs")
+    for col in ("arm", "point", "point_id", "actual size", "iterations"):
+        t.add_column(col)
+    for p in plan.points:
+        t.add_row(p.arm, p.label, p.point_id, str(p.cfg.data.actual_size), str(p.cfg.train.iterations))
+    Console().print(t)
+    print(f"datasets to build: {len(info['datasets'])}")
+    for d in info["datasets"]:
+        print(f"  scale {d['scale']} (actual {d['actual']}), diversity {d['diversity']}, seed {d['seed']}, {d['resolution']} px")
+    print(f"checkpoints: {len(info['checkpoints'])} under {plan.base_config.tracking.root}/checkpoints/")
+    print(f"compute: {info['samples']:,} training samples, ~{info['train_flops']:.3g} training FLOPs (6·N·tokens estimate)")
+
+
+def _print_status(st) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"study {st['study']}: {st['complete']}/{st['jobs']} jobs complete")
+    for col in ("point", "arm", "complete", "running", "waiting", "failed", "objective"):
+        t.add_column(col)
+    for r in st["points"]:
+        vals = ", ".join(f"{v:.3f}" for v in r["values"] if v is not None)
+        t.add_row(r["point"], r["arm"], str(r["complete"]), str(r["running"]), str(r["waiting"]), str(r["failed"]), vals)
+    Console().print(t)
+
+
+def register(root: typer.Typer) -> None:
+    root.command("sweep")(sweep)
