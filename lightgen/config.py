@@ -12,53 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lightgen.errors import ConfigError  # noqa: F401 - defined with the other user errors
+from lightgen.sizes import parse_size, size_label  # noqa: F401 - sizes ("100k", "2M") live there
+from lightgen.yamlfile import _yaml_problem, load_yaml, read_yaml_text  # noqa: F401 - YAML files
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = REPO_ROOT / "experiments"
-
-
-from lightgen.errors import ConfigError  # noqa: E402,F401 - defined with the other user errors
-
-
-# --------------------------------------------------------------------------------------------------
-# Sizes: "100k", "2M", "100000", 100000, "1.5M"
-# --------------------------------------------------------------------------------------------------
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMbB]?)\s*$")
-_SIZE_MULT = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
-
-
-def parse_size(value: Any) -> int:
-    """Parse a data size: ``100k`` → 100000, ``2M`` → 2000000, ``100000`` → 100000."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size like 100k, 2M or 100000, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"expected a whole number of items, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            n = float(m.group(1)) * _SIZE_MULT[m.group(2).lower()]
-            if n.is_integer():
-                return int(n)
-    raise ValueError(f"expected a size like 100k, 2M or 100000, got {value!r}")
-
-
-def size_label(n: int) -> str:
-    """The nominal label of a size: 100000 → '100K', 2000000 → '2M', 1500 → '1.5K'."""
-    for div, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
-        if n >= div:
-            v = n / div
-            return (f"{v:.0f}" if v.is_integer() else f"{v:g}") + suffix
-    return str(n)
 
 
 class _Section(BaseModel):
@@ -493,42 +458,8 @@ def available_presets() -> list[str]:
     return sorted(names)
 
 
-def read_yaml_text(path: Path, what: str) -> str:
-    """The text of a YAML file; unreadable files and bytes that are not UTF-8 are ConfigErrors naming it."""
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {path} is a folder, expected a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{what} {path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} "
-                          f"at offset {e.start})") from None
-
-
-def _yaml_problem(e: Exception) -> str:
-    """A YAML error as one line: what is wrong and where (line, column)."""
-    mark = getattr(e, "problem_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
-
-
 def read_yaml(path: Path) -> dict[str, Any]:
-    text = read_yaml_text(path, "config file")
-    try:
-        data = yaml.safe_load(text)  # safe: no Python objects are ever constructed
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {path}: {_yaml_problem(e)}") from None
-    except RecursionError:
-        raise ConfigError(f"malformed YAML in {path}: nested too deeply") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return load_yaml(path, "config file", empty={}, not_mapping="top level must be a mapping of sections")
 
 
 def load_config(

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lightgen.config import REPO_ROOT, ConfigError, _yaml_problem, read_yaml_text
+from lightgen.config import REPO_ROOT, ConfigError
+from lightgen.yamlfile import load_yaml
 from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
@@ -191,15 +191,7 @@ def load_sweep(name_or_path: str | Path) -> SweepDef:
         raise ConfigError(f"sweep file {p} is a folder, expected a YAML file")
     elif not p.is_file():
         raise ConfigError(f"sweep file not found: {p}")
-    text = read_yaml_text(p, "sweep file")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"malformed YAML in {p}: {_yaml_problem(e)}") from None
-    except RecursionError:
-        raise ConfigError(f"malformed YAML in {p}: nested too deeply") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a sweep definition must be a mapping, got {type(data).__name__}")
+    data = load_yaml(p, "sweep file", not_mapping="a sweep definition must be a mapping")
     try:
         return SweepDef.model_validate(data)
     except ValidationError as e:

@@ -156,7 +156,7 @@ def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], d
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _opt_load(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         pid, name = key.split(".", 1)
@@ -213,7 +213,7 @@ def save_checkpoint(root: str | Path, step: int, model: torch.nn.Module, ema: di
     return final
 
 
-def _check_safe(path: Path) -> None:
+def check_safe(path: Path) -> None:
     bad = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
     if bad:
         raise UserError(f"{path}: refusing pickle-based files {bad}; checkpoints must be safetensors")
@@ -236,19 +236,19 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not p.exists():
         raise UserError(f"checkpoint not found: {p}")
     if (p / "state.json").is_file():  # one named checkpoint: it must verify
-        _check_safe(p)
+        check_safe(p)
         _check_verified(p)
         return p
     cp = latest_checkpoint(p)
     if cp is None:
         if p.is_dir():
-            _check_safe(p)
+            check_safe(p)
         raise UserError(f"no checkpoint found under {p}")
     # a run folder: its newest checkpoint that verifies (corrupt ones are reported, left in place)
     good, skipped = latest_verified_checkpoint(p, move_aside=False)
     if good is None:
         raise UserError(f"no verified checkpoint under {p}: " + "; ".join(skipped))
-    _check_safe(good)
+    check_safe(good)
     return good
 
 
@@ -382,3 +382,7 @@ def init_weights_from(model: torch.nn.Module, path: str | Path, cfg: ExperimentC
             tensors[key] = interpolate_grid(tensors[key], extra, grid)
     load_state_into(model, tensors, cp)
     return cp
+
+
+_check_safe = check_safe  # the former private names
+_opt_load = load_optimizer

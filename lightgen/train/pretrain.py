@@ -31,14 +31,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig
 from lightgen.model.mar import LightGenMAR, build_model
-from lightgen.model.sampling import sample_images
 from lightgen.tracking import TAG_INIT_CHECKPOINT
 from lightgen.train import checkpoint as ckpt
+from lightgen.train import loop
+from lightgen.train.loop import param_groups  # noqa: F401 - re-exported (tests, benchmarks)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,17 +110,6 @@ class DataOrder:
             sel = ks // self.n == e
             out[sel] = self.perm(int(e))[ks[sel] % self.n]
         return out
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exempt = (p.ndim < 2 or name.startswith("head.") or "embed" in name or name.endswith("_pos")
-                  or name in ("buffer", "mask_token", "null_text") or "shared" in name)
-        (no_decay if exempt else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def ema_decay_at(step: int, cfg_decay: float, warmup: bool) -> float:
@@ -230,18 +219,12 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- model, optimizer, EMA; resume ------------------------------------------------------------
-    resume_from, corrupt = ckpt.latest_verified_checkpoint(ckpt_dir) if ckpt_dir.exists() else (None, [])
-    if corrupt and tracker is not None and is_main and hasattr(tracker, "set_tags"):
-        tracker.set_tags({ckpt.TAG_CORRUPT: "; ".join(corrupt)[:5000]})
+    resume_from = loop.find_resume(ckpt_dir, tracker, tag=is_main)
     state: dict[str, Any] = {}
     if resume_from is not None:
-        ckpt._check_safe(resume_from)
         ckpt_cfg = ckpt.load_config(ckpt.read_yaml(resume_from / "config.yaml"))
         ckpt.check_compatible(ckpt_cfg, cfg, resume_from)
-        for k in ("train.batch_size", "train.grad_accum", "seed", "data.seed"):
-            a, b = ckpt_cfg.flat()[k], cfg.flat()[k]
-            if a != b:
-                raise UserError(f"cannot resume {resume_from}: {k} changed ({a!r} → {b!r}); the data order would differ")
+        loop.check_unchanged(resume_from, ckpt_cfg, cfg, ("train.batch_size", "train.grad_accum", "seed", "data.seed"), "data")
         state = ckpt.read_state(resume_from)
         vocab = state.get("vocab")
     else:
@@ -256,21 +239,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         if tracker is not None and is_main:
             tracker.set_tags({TAG_INIT_CHECKPOINT: str(Path(init_cp).resolve())})
     model.to(device)
-    opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
-                            **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0)
+    opt, sched = loop.optimizer_and_schedule(model, cfg, tc.lr, tc.warmup_steps, device)
     ema = EMA(model)
-    start = 0
-    if resume_from is not None:
-        ckpt.load_state_into(model, load_file(str(resume_from / "model.safetensors"), device=str(device)), resume_from)
-        ema.load(load_file(str(resume_from / "ema.safetensors"), device=str(device)))
-        opt_t = load_file(str(resume_from / "optimizer.safetensors"), device=str(device))
-        ckpt._opt_load(opt, opt_t, state["optimizer"])
-        start = int(state["step"])
-        sched.last_epoch = start  # the schedule is a pure function of the step
-        for g_ in opt.param_groups:
-            g_["lr"] = tc.lr * sched.lr_lambdas[0](start)
-        ckpt.set_rng_state(state["rng"])
+    start = loop.restore(resume_from, state, model, ema, opt, sched, tc.lr, device) if resume_from is not None else 0
     order = DataOrder(len(dataset), cfg.seed * 1_000_003 + cfg.data.seed)
     flops_per_sample = float(state.get("flops_per_sample", 0.0))
     if count_flops and not flops_per_sample and start < tc.iterations:  # eager, before compile/DDP
@@ -300,12 +271,7 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         first = step * per_step + (micro * world + rank) * micro_bs
         return dataset.get_batch(order.indices(first, micro_bs))
 
-    def sampler(prompts: list[str], seeds: list[int]) -> np.ndarray:
-        was_training = model.training
-        with ema.swapped_in():
-            imgs = sample_images(model, prompts, cfg.eval, seeds=seeds)
-        model.train(was_training)
-        return imgs
+    sampler = loop.ema_sampler(model, ema, cfg)
 
     def save(step: int) -> Path:
         if world > 1:
@@ -313,15 +279,9 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
 
             dist.barrier()
         if not is_main:
-            return step_dir_path(step)
-        if tracker is not None and hasattr(tracker, "flush"):
-            tracker.flush(synchronous=True)  # the metrics up to this step land with the checkpoint
-        return ckpt.save_checkpoint(ckpt_dir, step, model, ema.state_dict(), opt, cfg, vocab,
-                                    extra={"flops_per_sample": flops_per_sample, "device_seconds": device_seconds})
-
-    def step_dir_path(step: int) -> Path:
-        return ckpt.step_dir(ckpt_dir, step)
-
+            return ckpt.step_dir(ckpt_dir, step)
+        return loop.save(ckpt_dir, step, model, ema, opt, cfg, vocab, tracker,
+                         {"flops_per_sample": flops_per_sample, "device_seconds": device_seconds})
 
     # ---- loop --------------------------------------------------------------------------------------
     show = (sys.stderr.isatty() if progress is None else progress) and is_main
