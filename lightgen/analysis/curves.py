@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import matplotlib
 
@@ -169,14 +169,11 @@ def plot_vs_iterations(data: SweepData, out_dir=None, formats=FORMATS, draw: boo
         df = df.rename(columns={"train.iterations": "iteration"})
     if not draw:
         return _finish(df, None, None, "", ())
-    set_style()
-    g = sns.relplot(data=df, x="iteration", y="value", col="metric", col_wrap=4, kind="line", marker="o",
-                    hue="point_id" if df["point_id"].nunique() > 1 else None,  # never average across points
-                    errorbar=ERRORBAR, height=2.6, aspect=1.1, facet_kws={"sharey": False})
-    g.set_axis_labels("training iterations", "GenEval")
-    g.set_titles("{col_name}")
-    g.figure.suptitle("GenEval vs training iterations (mean ± s.d. over seeds)", y=1.02)
-    return _finish(df, g.figure, out_dir, "fig6b_iterations", formats)
+    return _facets(df, out_dir, "fig6b_iterations", formats, ("training iterations", "GenEval"),
+                   "GenEval vs training iterations (mean ± s.d. over seeds)", 1.02,
+                   x="iteration", col="metric", col_wrap=4, kind="line", marker="o",
+                   hue="point_id" if df["point_id"].nunique() > 1 else None,  # never average across points
+                   errorbar=ERRORBAR, height=2.6, facet_kws={"sharey": False})
 
 
 def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
@@ -189,16 +186,13 @@ def plot_vs_diversity_knobs(data: SweepData, out_dir=None, formats=FORMATS, draw
     if not parts:
         return _skip("needs runs at two or more values of a diversity knob")
     long = pd.concat(parts, ignore_index=True).dropna(subset=["knob_value"])
-    long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    long["scale"] = _scale_labels(long)
     if not draw:
         return _finish(long, None, None, "", ())
-    set_style()
-    g = sns.relplot(data=long, x="knob_value", y="value", col="knob", hue="scale", kind="line", marker="o",
-                    errorbar=ERRORBAR, height=2.8, aspect=1.1, facet_kws={"sharex": False})
-    g.set_axis_labels("knob value", "GenEval overall")
-    g.set_titles("{col_name}")
-    g.figure.suptitle("GenEval vs caption-diversity knobs (one line per data scale)", y=1.04)
-    return _finish(long, g.figure, out_dir, "diversity_knobs", formats)
+    return _facets(long, out_dir, "diversity_knobs", formats, ("knob value", "GenEval overall"),
+                   "GenEval vs caption-diversity knobs (one line per data scale)", 1.04,
+                   x="knob_value", col="knob", hue="scale", kind="line", marker="o",
+                   errorbar=ERRORBAR, height=2.8, facet_kws={"sharex": False})
 
 
 def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
@@ -213,16 +207,28 @@ def plot_vs_measured_diversity(data: SweepData, out_dir=None, formats=FORMATS,
         return _skip("needs a data/<diversity metric> that varies across runs")
     long = pd.concat([df.assign(measure=c[len("data/"):], measured=df[c]) for c in cols], ignore_index=True)
     long = long.dropna(subset=["measured"])
-    long["scale"] = long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+    long["scale"] = _scale_labels(long)
     if not draw:
         return _finish(long, None, None, "", ())
+    return _facets(long, out_dir, "diversity_measured", formats, ("measured diversity", "GenEval overall"),
+                   "GenEval vs measured diversity of the training captions", 1.04,
+                   x="measured", col="measure", col_wrap=4, hue="scale", kind="scatter",
+                   height=2.6, facet_kws={"sharex": False})
+
+
+def _scale_labels(long: pd.DataFrame) -> pd.Series:
+    return long["data.scale"].map(lambda s: size_label(int(s)) if pd.notna(s) else "?")
+
+
+def _facets(df: pd.DataFrame, out_dir: Any, name: str, formats: Any, labels: tuple[str, str], title: str,
+            title_y: float, **relplot: Any) -> pd.DataFrame:
+    """A seaborn relplot of ``value`` in facets titled by their column, axis labels, a figure title, saved."""
     set_style()
-    g = sns.relplot(data=long, x="measured", y="value", col="measure", col_wrap=4, hue="scale", kind="scatter",
-                    height=2.6, aspect=1.1, facet_kws={"sharex": False})
-    g.set_axis_labels("measured diversity", "GenEval overall")
+    g = sns.relplot(data=df, y="value", aspect=1.1, **relplot)
+    g.set_axis_labels(*labels)
     g.set_titles("{col_name}")
-    g.figure.suptitle("GenEval vs measured diversity of the training captions", y=1.04)
-    return _finish(long, g.figure, out_dir, "diversity_measured", formats)
+    g.figure.suptitle(title, y=title_y)
+    return _finish(df, g.figure, out_dir, name, formats)
 
 
 def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:

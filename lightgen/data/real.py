@@ -478,11 +478,7 @@ def _get_real_locked(cfg: Any, folder: Path, identity: dict, key: str, progress:
                 entry["start"] = start
                 manifest["shards"].append(entry)
                 manifest["count"] = start + n
-                store.write_manifest(folder, manifest)
-                if bar is not None:
-                    bar[0].update(bar[1], completed=manifest["count"])
-                if on_shard is not None:
-                    on_shard(manifest)
+                store.shard_done(folder, manifest, bar, on_shard)
         finally:
             if bar is not None:
                 bar[0].stop()

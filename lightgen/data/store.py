@@ -262,6 +262,16 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     write_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
+def shard_done(folder: Path, manifest: dict, bar: Any = None, on_shard: Any = None) -> None:
+    """After a shard is written: the manifest (atomically), the progress bar ``(progress, task)``, then the
+    ``on_shard(manifest)`` hook (tests kill a build there)."""
+    write_manifest(folder, manifest)
+    if bar is not None:
+        bar[0].update(bar[1], completed=manifest["count"])
+    if on_shard is not None:
+        on_shard(manifest)
+
+
 def cleanup_temp(folder: Path) -> None:
     """Remove temp files left by an interrupted write (they are never listed in a manifest)."""
     if folder.is_dir():

@@ -196,11 +196,7 @@ def _build(cfg: Any, world: ToyWorld, gen: CaptionGenerator, folder: Path, ident
             tag_counts = manifest.setdefault("counts", {})
             for t, c in tags.items():
                 tag_counts[t] = tag_counts.get(t, 0) + c
-            store.write_manifest(folder, manifest)
-            if bar is not None:
-                bar[0].update(bar[1], completed=manifest["count"])
-            if on_shard is not None:
-                on_shard(manifest)
+            store.shard_done(folder, manifest, bar, on_shard)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
