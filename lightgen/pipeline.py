@@ -1,6 +1,6 @@
 """The one pipeline of the studio: dataset → pre-train (or DPO/SFT from a base) → GenEval → tracking.
 
-``lightgen train``, ``lightgen dpo`` and every sweep trial (``lightgen.sweep.trial.run_trial``) call
+``lightgen train``, ``lightgen dpo`` and every sweep trial (``lightgen.sweep.worker.run_trial``) call
 :func:`run`, which opens the MLflow run and calls :func:`train_and_evaluate`, the pipeline inside a run.
 
 Naming, in one place:

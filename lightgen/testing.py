@@ -1,6 +1,6 @@
 """A fake trial runner for orchestration tests and rehearsals of the sweep machinery.
 
-It behaves like ``lightgen.sweep.trial.run_trial`` where orchestration is concerned — a child MLflow run under
+It behaves like ``lightgen.sweep.worker.run_trial`` where orchestration is concerned — a child MLflow run under
 the sweep's parent, a step counter checkpointed under the (point, seed) folder so a retried job resumes,
 metrics named like the real ones — but trains nothing. Select it with
 ``lightgen sweep NAME --runner lightgen.testing:fake_trial``. ``LIGHTGEN_FAKE_STEPS`` and

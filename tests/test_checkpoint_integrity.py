@@ -96,7 +96,7 @@ def test_a_resumed_trial_run_carries_the_history_up_to_its_checkpoint(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from lightgen.tracking import Tracker, ensure_store
-    from lightgen.sweep.trial import carry_over_history
+    from lightgen.sweep.worker import carry_over_history
 
     uri = ensure_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = MlflowClient(uri)

@@ -20,12 +20,12 @@ State that survives: the MLflow store is created once under a file lock; concurr
 join one another (the last out ends the parent run); a damaged journal is refused naming the file, a torn
 last line is cut; jobs the journal lost but MLflow holds as FINISHED are restored. Workers receive the
 storage URL, tracking URI and ``--set`` values by environment (passwords never on a command line). The
-``--runner`` hook (tests) accepts only ``lightgen.sweep.trial`` and ``lightgen.testing`` functions.
+``--runner`` hook (tests) accepts only ``lightgen.sweep.worker`` and ``lightgen.testing`` functions.
 
 One job per module: ``spec`` (the schema and loading of sweep files), ``plan`` (points, jobs, the plan file
 ``<root>/optuna/<study>.plan.json`` that the launcher writes once and every worker reads, the dry run),
-``study`` (Optuna storage, job states, reaping, enqueueing, progress), ``worker`` (the objective, calling the
-trial runner by import; ``python -m lightgen.sweep.worker``), ``trial`` (one job's run of ``lightgen.pipeline``),
+``study`` (Optuna storage, job states, reaping, enqueueing, progress), ``worker`` (the objective and the trial
+runner, one job's run of ``lightgen.pipeline``, called by import; ``python -m lightgen.sweep.worker``),
 ``launch`` (the parent run, spawning and supervising workers). This package re-exports their public names.
 """
 
