@@ -63,7 +63,7 @@ def draw(data, folder: Path, names: list[str], formats: list[str], sweep: str | 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lightgen.analysis.loader import load_sweep
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     data = load_sweep(args.tracking_uri, sweep=args.sweep, experiment=args.experiment, bundle=args.bundle)
     out = Path(args.out) if args.out else Path("mlruns") / "analysis" / "figures" / (args.sweep or "all")

@@ -106,7 +106,7 @@ def log_to_parents(data, tables, markdown: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
     from lightgen.utils import write_atomic
 
     data, tables = build_tables(args)
