@@ -25,12 +25,12 @@ from lightgen.analysis.loader import SweepData, param_values
 from lightgen.errors import UserError
 from lightgen.config import size_label
 from lightgen.analysis.render import Block, Table, _cell, render  # noqa: F401 - re-exported (scripts, tests)
+from lightgen.geneval.tasks import LABELS as TASK_REGISTRY_LABELS
 from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 
 PAPER_CITATION = ("Wu et al., \"LightGen: Efficient Image Generation through Knowledge Distillation and "
                   "Direct Preference Optimization\", arXiv:2503.08619 (2025)")
-TASK_LABELS = {"single_object": "Single Obj.", "two_object": "Two Obj.", "colors": "Colors",
-               "counting": "Counting", "position": "Position", "color_attr": "Color Attri."}
+TASK_LABELS = TASK_REGISTRY_LABELS  # the registry's labels (lightgen.geneval.tasks.LABELS)
 PAPER_TASK_ORDER = ["single_object", "two_object", "colors", "counting", "position", "color_attr"]
 SCORE_COLUMNS = [TASK_LABELS[t] for t in PAPER_TASK_ORDER] + ["Overall"]
 PAPER_COLUMNS = ["Model", "#Params", "Pre-train Data"] + SCORE_COLUMNS + ["CI (95%)", "World", "Prompt set", "Seeds"]
