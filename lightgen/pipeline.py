@@ -117,7 +117,7 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
         if evaluating:
             before = evaluate(cfg, world, load_base_sampler(base, cfg), eval_root / "before", tracker, 0,
                               prefix="geneval_before")
-        result = dpo_train(cfg, base, ds, ckpt_dir, tracker=tracker, progress=progress or None)
+        result = dpo_train(cfg, base, ds, ckpt_dir, tracker=tracker)  # its bar follows the terminal
     else:
         from lightgen.train.pretrain import train
 
