@@ -25,7 +25,7 @@ storage URL, tracking URI and ``--set`` values by environment (passwords never o
 One job per module: ``spec`` (the schema and loading of sweep files), ``plan`` (points, jobs, the plan file
 ``<root>/optuna/<study>.plan.json`` that the launcher writes once and every worker reads, the dry run),
 ``study`` (Optuna storage, job states, reaping, enqueueing, progress), ``worker`` (the objective and the trial
-runner, one job's run of ``lightgen.pipeline``, called by import; ``python -m lightgen.sweep.worker``),
+runner, one job's run of ``lightgen.pipeline``, called by import; ``python -m lightgen.sweep``),
 ``launch`` (the parent run, spawning and supervising workers). This package re-exports their public names.
 """
 

@@ -242,7 +242,7 @@ def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri
     """A worker process running the plan file the launcher wrote (without one: planning ``name`` itself).
     Storage URL, tracking URI and --set values (any of which may hold a password) go through the
     environment, never the command line that ``ps`` shows to every user."""
-    cmd = [sys.executable, "-m", "lightgen.sweep.worker"]
+    cmd = [sys.executable, "-m", "lightgen.sweep"]
     if plan_file is not None:
         cmd += ["--plan", str(plan_file)]
     else:

@@ -1,9 +1,11 @@
 """A sweep worker: pops jobs from the study until none waits, running each through the trial runner
 :func:`run_trial` — the job's run of the one pipeline (``lightgen.pipeline.run``), nested under the sweep's
 parent run, with checkpoints keyed by (point, seed) so a retried job resumes where the killed one stopped
-(the ``--runner`` test hook swaps it for ``lightgen.testing.fake_trial``). Entry point:
-``python -m lightgen.sweep.worker --plan PLAN.json --parent-run-id ID`` (storage URL and tracking URI by
-environment); ``python -m lightgen.sweep.worker worker NAME --preset P …`` plans from the sweep file instead."""
+(the ``--runner`` test hook swaps it for ``lightgen.testing.fake_trial``).
+
+Entry point (``lightgen/sweep/__main__.py``): ``python -m lightgen.sweep --plan PLAN.json --parent-run-id ID``
+(storage URL and tracking URI by environment); ``python -m lightgen.sweep worker NAME --preset P …`` plans
+from the sweep file instead."""
 
 from __future__ import annotations
 
@@ -193,7 +195,7 @@ def ensure_base_checkpoint(plan: Any, parent_run_id: str, tracking_uri: str) -> 
 def _worker_main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="lightgen.sweep.worker")
+    ap = argparse.ArgumentParser(prog="python -m lightgen.sweep")
     ap.add_argument("cmd", nargs="?", choices=["worker"])
     ap.add_argument("name", nargs="?", help="sweep name or file, planned here (without --plan)")
     ap.add_argument("--plan", default=None, help="the plan file the launcher wrote (plan.json)")
@@ -225,8 +227,3 @@ def _worker_main(argv: list[str]) -> int:
     worker_loop(plan, a.storage, a.tracking_uri, a.parent_run_id, runner=a.runner)
     return 0
 
-
-if __name__ == "__main__":
-    from lightgen.errors import run_guarded
-
-    sys.exit(run_guarded(_worker_main, sys.argv[1:]))
