@@ -90,6 +90,17 @@ class WorldConfig(_Section):
     n_backgrounds: int = Field(1, ge=1, le=8, description="background variants (1 = plain grey)")
     heldout_fraction: float = Field(
         0.1, ge=0.0, le=0.5, description="share of compositions held out (at most half: the rest are trained on)")
+    layout: Literal["free", "grid"] = Field(
+        "free", description="toy object placement: 'free' (anywhere, any size) or 'grid' (each object inside one "
+        "cell of a grid_cells x grid_cells grid, so with tokens of one cell each object is one token)")
+    grid_cells: int = Field(2, ge=2, le=4, description="cells per side of the 'grid' layout")
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> "WorldConfig":
+        if self.layout == "grid" and self.max_objects > self.grid_cells**2:
+            raise ValueError(f"max_objects={self.max_objects} objects do not fit in a {self.grid_cells}x{self.grid_cells} "
+                             "grid layout (one object per cell): lower world.max_objects or raise world.grid_cells")
+        return self
     # real world
     teacher: str | None = Field(None, description="diffusers pipeline path or hub id (real world)")
     caption_file: str | None = Field(None, description="captions .txt/.csv/.jsonl (real world)")

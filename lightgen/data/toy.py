@@ -35,6 +35,15 @@ WORLD_KEYS = ("kind", "seed", "n_classes", "n_colors", "max_objects", "n_relatio
               "heldout_fraction")
 
 
+def world_identity(world_cfg: Any) -> dict:
+    """What a toy world's renders depend on; the layout only when it is not the default (so caches of
+    worlds made before the layout knob keep their identity)."""
+    ident = {k: getattr(world_cfg, k) for k in WORLD_KEYS}
+    if getattr(world_cfg, "layout", "free") != "free":
+        ident.update(layout=world_cfg.layout, grid_cells=world_cfg.grid_cells)
+    return ident
+
+
 def resolve_storage(cfg: Any) -> str:
     """'shards' or 'stream' for a config (see the module docstring for the rule)."""
     if cfg.data.storage != "auto":
@@ -48,7 +57,7 @@ def stream_identity(cfg: Any, storage: str) -> dict:
     knobs = Knobs.from_config(cfg.data)
     return {
         "format": FORMAT_VERSION,
-        "world": {k: getattr(cfg.world, k) for k in WORLD_KEYS},
+        "world": world_identity(cfg.world),
         "knobs": {"coverage": knobs.coverage, "variety": knobs.variety, "density": knobs.density},
         "resolution": cfg.data.resolution,
         "seed": cfg.data.seed,

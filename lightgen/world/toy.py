@@ -222,6 +222,8 @@ class ToyWorld:
         self.backgrounds = list(BACKGROUNDS[: cfg.n_backgrounds])
         self.palette: dict[str, tuple[int, int, int]] = {c: PALETTE[c] for c in self.colors}
         self.heldout_fraction = float(cfg.heldout_fraction)
+        self.layout = str(getattr(cfg, "layout", "free"))
+        self.grid_cells = int(getattr(cfg, "grid_cells", 2))
         self._class_set, self._color_set = set(self.classes), set(self.colors)
         self._colors_np = {c: np.asarray(PALETTE[c], dtype=np.float32) for c in self.colors}
         self._make_heldout()
@@ -349,6 +351,9 @@ class ToyWorld:
         q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
         objs: list[tuple[str, str, int, int, int, int]] = []
         pos_clause = next((i for i, c in enumerate(inc) if c.get("position")), None)
+        if pos_clause is not None and self.layout == "grid":
+            return self._grid_layout([(c["class"], colors[i]) for i, c in enumerate(inc)], res, pick, uni,
+                                     relation=inc[pos_clause]["position"][0], pair=(pos_clause, int(inc[pos_clause]["position"][1])))
         if pos_clause is not None:
             rel, j = inc[pos_clause]["position"]
             a, b = pos_clause, int(j)
@@ -371,6 +376,8 @@ class ToyWorld:
                 objs.append((inc[idx]["class"], colors[idx], x0, y0, s, pick(N_ROTATIONS)))
             return objs
         items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
+        if self.layout == "grid":
+            return self._grid_layout(items, res, pick, uni)
         n = len(items)
         if n == 1:
             s = q(res * uni(0.35, 0.6))
@@ -389,6 +396,36 @@ class ToyWorld:
             x0 = edges[c] + pick(w_c - s + 1)
             y0 = edges[r] + pick(h_c - s + 1)
             objs.append((cls, col, x0, y0, s, pick(N_ROTATIONS)))
+        return objs
+
+    def _grid_layout(self, items: list[tuple[str, str]], res: int, pick: Any, uni: Any,
+                     relation: str | None = None, pair: tuple[int, int] | None = None) -> list[tuple[str, str, int, int, int, int]]:
+        """``world.layout=grid``: each object inside its own cell of a ``grid_cells``² grid (cells drawn at
+        random; a relation puts A's cell on the stated side of B's, in the same row or column)."""
+        g = self.grid_cells
+        step = max(1, res // 32)
+        if relation is not None:
+            a, b = pair
+            low, high = (a, b) if relation in ("left of", "above") else (b, a)
+            i1, i2 = pick(g), pick(g - 1)  # two distinct indices along the relation's axis
+            i2 += i2 >= i1
+            lo, hi = min(i1, i2), max(i1, i2)
+            other = pick(g)
+            horizontal = relation in ("left of", "right of")
+            cell = {low: (other, lo) if horizontal else (lo, other), high: (other, hi) if horizontal else (hi, other)}
+            chosen = [cell[i] for i in range(len(items))]
+        else:
+            cells = list(range(g * g))
+            for i in range(len(items)):  # partial Fisher-Yates: distinct cells
+                j = i + pick(g * g - i)
+                cells[i], cells[j] = cells[j], cells[i]
+            chosen = [divmod(c, g) for c in cells[: len(items)]]
+        edges = _edges(res, g)
+        objs = []
+        for (cls, col), (r, c) in zip(items, chosen):
+            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
+            s = min(max(3, int(min(w_c, h_c) * uni(0.6, 0.92)) // step * step), w_c, h_c)
+            objs.append((cls, col, edges[c] + pick(w_c - s + 1), edges[r] + pick(h_c - s + 1), s, pick(N_ROTATIONS)))
         return objs
 
     def _check_resolution(self, resolution: int) -> int:
