@@ -36,11 +36,13 @@ WORLD_KEYS = ("kind", "seed", "n_classes", "n_colors", "max_objects", "n_relatio
 
 
 def world_identity(world_cfg: Any) -> dict:
-    """What a toy world's renders depend on; the layout only when it is not the default (so caches of
-    worlds made before the layout knob keep their identity)."""
+    """What a toy world's renders depend on; the layout and pose only when they are not the defaults (so
+    caches of worlds made before those knobs keep their identity)."""
     ident = {k: getattr(world_cfg, k) for k in WORLD_KEYS}
     if getattr(world_cfg, "layout", "free") != "free":
         ident.update(layout=world_cfg.layout, grid_cells=world_cfg.grid_cells)
+    if getattr(world_cfg, "pose", "varied") != "varied":
+        ident["pose"] = world_cfg.pose
     return ident
 
 
