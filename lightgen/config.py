@@ -23,8 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = REPO_ROOT / "experiments"
 
 
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant for the user."""
+from lightgen.errors import ConfigError  # noqa: E402,F401 - defined with the other user errors
 
 
 # --------------------------------------------------------------------------------------------------

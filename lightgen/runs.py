@@ -19,10 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from lightgen.tracking import TAG_KIND, TAG_STUDY, TAG_SWEEP, get_or_create_experiment, quiet_mlflow, resolve_tracking_uri
+from lightgen.tracking import (TAG_JOB, TAG_KIND, TAG_SOURCE_RUN, TAG_STUDY, TAG_SWEEP, get_or_create_experiment,
+                               quiet_mlflow, resolve_tracking_uri)
 
-SOURCE_TAG = "lightgen.source_run_id"
-JOB_TAG = "lightgen.job"
+SOURCE_TAG = TAG_SOURCE_RUN
+JOB_TAG = TAG_JOB
 
 
 def _client(tracking_uri: str | None):
@@ -128,7 +129,7 @@ def validate_bundle(bundle: str | Path, runs: pd.DataFrame, hist: pd.DataFrame, 
     from mlflow.exceptions import MlflowException
     from mlflow.utils import validation as mv
 
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     def bad(msg: str) -> UserError:
         return UserError(f"bundle {bundle}: {msg}")

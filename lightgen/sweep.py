@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lightgen.redact import redact
-from lightgen.utils import file_lock
+from lightgen.utils import file_lock, pid_alive
 from lightgen.config import (
     REPO_ROOT,
     ConfigError,
@@ -57,8 +57,13 @@ from lightgen.config import (
 )
 from lightgen.tracking import (
     GENEVAL_TASKS,
+    TAG_COMMIT,
+    TAG_DIRTY,
+    TAG_FAILURE,
+    TAG_JOB,
     TAG_KIND,
     TAG_PRESET,
+    TAG_WORLD,
     TAG_STUDY,
     TAG_SWEEP,
     get_or_create_experiment,
@@ -66,7 +71,10 @@ from lightgen.tracking import (
 )
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
-JOB_ATTR = "lightgen.job"
+ATTR_FAILURE = TAG_FAILURE  # Optuna trial user attrs: why a trial failed; a failure a retry would repeat
+ATTR_PERMANENT = "lightgen.permanent"
+ATTR_RESTORED = "lightgen.restored"  # a trial restored from MLflow after the journal lost it
+JOB_ATTR = TAG_JOB  # the Optuna trial user attr naming its job (the same name as the run tag)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,20 +519,6 @@ def get_study(plan: Plan, storage: Any) -> Any:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"lightgen" in f.read()
-    except OSError:
-        return True
-
-
 def job_states(study: Any) -> dict[str, list[Any]]:
     """Trials per job key."""
     out: dict[str, list[Any]] = {}
@@ -550,10 +544,10 @@ def reap_dead_trials(study: Any, tracking_uri: str, *, pids: set[int] | None = N
         if t.user_attrs.get("worker_host") != host:
             continue
         pid = t.user_attrs.get("worker_pid")
-        dead = (pid in pids) if pids is not None else (pid is None or not _pid_alive(int(pid)))
+        dead = (pid in pids) if pids is not None else (pid is None or not pid_alive(int(pid)))
         if not dead:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, "lightgen.failure", "worker died")
+        study._storage.set_trial_user_attr(t._trial_id, ATTR_FAILURE, "worker died")
         study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
@@ -579,7 +573,7 @@ def enqueue_jobs(plan: Plan, study: Any, *, retry_failed: bool = False) -> tuple
             continue
         if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
-        failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent")]
+        failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(ATTR_PERMANENT)]
         if failed and not retry_failed:  # a deterministic failure (NaN loss, bad input): do not retry forever
             continue
         study.enqueue_trial(
@@ -627,7 +621,7 @@ def restore_from_mlflow(plan: Plan, study: Any, tracking_uri: str) -> list[str]:
         study.add_trial(optuna.trial.create_trial(value=float(value), params={}, distributions={}, user_attrs={
             JOB_ATTR: key, "point_id": job.point.point_id, "seed": job.seed, "label": job.point.label,
             "arm": job.point.arm, "overrides": json.dumps(job.point.overrides, default=str),
-            "mlflow_run_id": r.info.run_id, "lightgen.restored": "from MLflow (the journal had no trial of it)"}))
+            "mlflow_run_id": r.info.run_id, ATTR_RESTORED: "from MLflow (the journal had no trial of it)"}))
         restored.append(key)
     return restored
 
@@ -640,7 +634,7 @@ def permanently_failed(plan: Plan, study: Any) -> list[str]:
     for key, trials in job_states(study).items():
         if any(t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING) for t in trials):
             continue
-        if any(t.state == TrialState.FAIL and t.user_attrs.get("lightgen.permanent") for t in trials):
+        if any(t.state == TrialState.FAIL and t.user_attrs.get(ATTR_PERMANENT) for t in trials):
             out.append(key)
     keys = {j.key for j in plan.jobs}
     return sorted(k for k in out if k in keys)
@@ -675,15 +669,15 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
             TAG_SWEEP: plan.sweep.name,
             TAG_STUDY: plan.study_name,
             TAG_PRESET: plan.preset,
-            "lightgen.world": plan.base_config.world.kind,
-            "lightgen.git_commit": commit,
-            "lightgen.git_dirty": str(dirty).lower(),
+            TAG_WORLD: plan.base_config.world.kind,
+            TAG_COMMIT: commit,
+            TAG_DIRTY: str(dirty).lower(),
         },
     )
     run_id = run.info.run_id
     from mlflow.entities import Param
 
-    params = {**config_params(plan.base_config), "lightgen.sweep": plan.sweep.name,
+    params = {**config_params(plan.base_config), TAG_SWEEP: plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
     items = [Param(k, redact(str(v))[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
@@ -729,7 +723,7 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
             if other.number == trial.number or other.user_attrs.get(JOB_ATTR) != job.key:
                 continue
             pid = other.user_attrs.get("worker_pid")
-            alive = pid is None or _pid_alive(int(pid))
+            alive = pid is None or pid_alive(int(pid))
             if other.state == TrialState.COMPLETE or (alive and other.number < trial.number):
                 raise optuna.TrialPruned(f"job {job.key} already handled by trial {other.number}")
         trial.set_user_attr("worker_pid", os.getpid())
@@ -740,11 +734,11 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
             value = run_fn(cfg, plan=plan, job=job, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                            trial=trial)
         except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
-            trial.set_user_attr("lightgen.permanent", True)
-            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
+            trial.set_user_attr(ATTR_PERMANENT, True)
+            trial.set_user_attr(ATTR_FAILURE, redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         except Exception as e:
-            trial.set_user_attr("lightgen.failure", redact(f"{type(e).__name__}: {e}")[:1000])
+            trial.set_user_attr(ATTR_FAILURE, redact(f"{type(e).__name__}: {e}")[:1000])
             raise
         return float(value)
 
@@ -956,7 +950,7 @@ def _other_launchers(folder: Path) -> list[int]:
                 continue  # another node's launcher: its liveness cannot be checked from here
         except OSError:
             continue
-        if _pid_alive(int(f.name)):
+        if pid_alive(int(f.name)):
             out.append(int(f.name))
         else:
             with contextlib.suppress(OSError):
@@ -1090,6 +1084,6 @@ def _worker_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from lightgen.cliutil import run_guarded
+    from lightgen.errors import run_guarded
 
     sys.exit(run_guarded(_worker_main, sys.argv[1:]))

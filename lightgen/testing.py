@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightgen.tracking import GENEVAL_TASKS, TAG_STUDY, TAG_SWEEP, TAG_TRIAL, tracked_run
+from lightgen.tracking import GENEVAL_TASKS, TAG_JOB, TAG_POINT, TAG_POINT_LABEL, TAG_STUDY, TAG_SWEEP, TAG_TRIAL, tracked_run
 from lightgen.trial import checkpoint_dir
 from lightgen.utils import write_atomic
 
@@ -29,8 +29,8 @@ def fake_trial(cfg: Any, *, plan: Any, job: Any, parent_run_id: str, tracking_ur
     state_file = ckpt / "fake_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {"step": 0, "starts": []}
     state["starts"].append(state["step"])
-    tags = {"lightgen.point_id": job.point.point_id, TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name, TAG_TRIAL: trial.number,
-            "lightgen.point_label": job.point.label, "lightgen.job": job.key}
+    tags = {TAG_POINT: job.point.point_id, TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name, TAG_TRIAL: trial.number,
+            TAG_POINT_LABEL: job.point.label, TAG_JOB: job.key}
     with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)

@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
+from lightgen.geneval.tasks import TASKS
 from lightgen.redact import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-GENEVAL_TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+GENEVAL_TASKS = TASKS  # the task registry (lightgen.geneval.tasks): metrics geneval/<task>
 
 TAG_SWEEP = "lightgen.sweep"
 TAG_POINT = "lightgen.point_id"
@@ -48,6 +49,19 @@ TAG_SEED = "lightgen.seed"
 TAG_BASE_RUN = "lightgen.base_run_id"
 TAG_PID = "lightgen.pid"  # process and host that last ran the run (a RUNNING run whose process is gone is stale)
 TAG_HOST = "lightgen.host"
+TAG_FAILURE = "lightgen.failure"  # why a run failed or was killed
+TAG_CHECKPOINT = "lightgen.checkpoint"  # the run's checkpoint folder (its newest checkpoint after training)
+TAG_BASE_CHECKPOINT = "lightgen.base_checkpoint"  # a DPO/SFT run's base checkpoint
+TAG_INIT_CHECKPOINT = "lightgen.init_checkpoint"  # weights a pre-training run started from (train.init_from)
+TAG_CORRUPT = "lightgen.corrupt_checkpoints"  # corrupt checkpoints skipped when this run resumed
+TAG_RESUMED_FROM = "lightgen.resumed_from_run"  # a retried trial: the run its history was copied from
+TAG_JOB = "lightgen.job"  # a sweep job's key "<point_id>-s<seed>" (also the Optuna trial's user attr)
+TAG_POINT_LABEL = "lightgen.point_label"
+TAG_ARM = "lightgen.arm"
+TAG_ATTEMPT = "lightgen.attempt"
+TAG_DATASET = "lightgen.dataset"  # the dataset's manifest hash
+TAG_DATASET_PATH = "lightgen.dataset_path"
+TAG_SOURCE_RUN = "lightgen.source_run_id"  # an imported run: its id in the store it came from
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -409,7 +423,7 @@ def _system_metrics_monitor(cfg: Any, run_id: str, uri: str) -> Any:
 
 def _safe_end(tracker: Tracker, status: str, reason: str) -> None:
     try:
-        tracker.set_tags({"lightgen.failure": redact(reason)[:5000]})
+        tracker.set_tags({TAG_FAILURE: redact(reason)[:5000]})
         tracker.end(status)
     except Exception as e:  # noqa: BLE001 - never mask the original error
         print(f"warning: could not mark run {tracker.run_id} {status}: {e}", file=sys.stderr)
@@ -433,7 +447,7 @@ def mark_stale_runs(experiment_id: str, tracking_uri: str, run_ids: list[str] | 
     for rid in run_ids:
         try:
             if client.get_run(rid).info.status == "RUNNING":
-                client.set_tag(rid, "lightgen.failure", "worker died (killed)")
+                client.set_tag(rid, TAG_FAILURE, "worker died (killed)")
                 client.set_terminated(rid, status=status)
                 n += 1
         except Exception:  # noqa: BLE001
@@ -447,7 +461,7 @@ def stale_run_to_resume(tracking_uri: str, experiment: str, checkpoint: str | Pa
     folder are marked KILLED. A run whose process is alive on this host is left alone (None)."""
     from mlflow.tracking import MlflowClient
 
-    from lightgen.sweep import _pid_alive
+    from lightgen.utils import pid_alive
 
     uri = ensure_store(tracking_uri)
     client = MlflowClient(uri)
@@ -456,12 +470,12 @@ def stale_run_to_resume(tracking_uri: str, experiment: str, checkpoint: str | Pa
         return None
     folder = str(checkpoint).replace("'", "\\'")
     runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.`lightgen.checkpoint` = '{folder}' and attributes.status = 'RUNNING'"),
+        f"tags.`{TAG_CHECKPOINT}` = '{folder}' and attributes.status = 'RUNNING'"),
         order_by=["attributes.start_time DESC"], max_results=100)
     stale = []
     for r in runs:
         pid, host = r.data.tags.get(TAG_PID), r.data.tags.get(TAG_HOST)
-        if host == socket.gethostname() and pid and pid.isdigit() and _pid_alive(int(pid)):
+        if host == socket.gethostname() and pid and pid.isdigit() and pid_alive(int(pid)):
             continue  # another process is training it right now
         if host not in (None, socket.gethostname()):
             continue  # another node's run: its liveness cannot be checked from here

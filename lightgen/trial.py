@@ -19,7 +19,13 @@ import numpy as np
 
 from lightgen.config import ExperimentConfig
 from lightgen.tracking import (
+    TAG_ARM,
+    TAG_ATTEMPT,
     TAG_BASE_RUN,
+    TAG_CHECKPOINT,
+    TAG_JOB,
+    TAG_POINT_LABEL,
+    TAG_RESUMED_FROM,
     TAG_POINT,
     TAG_STUDY,
     TAG_SWEEP,
@@ -36,11 +42,9 @@ def checkpoint_dir(cfg: ExperimentConfig, point_id: str, seed: int) -> Path:
 
 
 def make_world(cfg: ExperimentConfig) -> Any:
-    if cfg.world.kind != "toy":
-        return None
-    from lightgen.world.toy import ToyWorld
+    from lightgen.world import make_world as _make_world
 
-    return ToyWorld(cfg.world)
+    return _make_world(cfg)
 
 
 def log_dataset(tracker: Tracker, ds: Any, cfg: ExperimentConfig) -> None:
@@ -172,10 +176,10 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
         TAG_SWEEP: plan.sweep.name,
         TAG_STUDY: plan.study_name,
         TAG_TRIAL: trial.number,
-        "lightgen.point_label": job.point.label,
-        "lightgen.arm": job.point.arm,
-        "lightgen.job": job.key,
-        "lightgen.attempt": trial.user_attrs.get("attempt", 1),
+        TAG_POINT_LABEL: job.point.label,
+        TAG_ARM: job.point.arm,
+        TAG_JOB: job.key,
+        TAG_ATTEMPT: trial.user_attrs.get("attempt", 1),
     }
     base = None
     if plan.sweep.mode == "dpo":
@@ -185,10 +189,10 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
     with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
-        tracker.set_tags({"lightgen.checkpoint": str(ckpt_dir)})
+        tracker.set_tags({TAG_CHECKPOINT: str(ckpt_dir)})
         carry_over_history(tracker, trial, job.key, ckpt_dir)
-        tracker.log_params({"lightgen.point_label": job.point.label, "lightgen.arm": job.point.arm,
-                            "lightgen.sweep": plan.sweep.name, **({"dpo.base_run_id": base_run} if base else {})})
+        tracker.log_params({TAG_POINT_LABEL: job.point.label, TAG_ARM: job.point.arm,
+                            TAG_SWEEP: plan.sweep.name, **({"dpo.base_run_id": base_run} if base else {})})
         summary = train_and_evaluate(cfg, tracker, ckpt_dir, mode=plan.sweep.mode, base=base)
     value = summary.get(plan.sweep.objective)
     if value is None:
@@ -203,7 +207,7 @@ def carry_over_history(tracker: Tracker, trial: Any, job_key: str, ckpt_dir: Pat
     from lightgen.train.checkpoint import latest_checkpoint, read_state
 
     prev = [t for t in trial.study.get_trials(deepcopy=False)
-            if t.user_attrs.get("lightgen.job") == job_key and t.number != trial.number and t.user_attrs.get("mlflow_run_id")]
+            if t.user_attrs.get(TAG_JOB) == job_key and t.number != trial.number and t.user_attrs.get("mlflow_run_id")]
     cp = latest_checkpoint(ckpt_dir) if ckpt_dir.exists() else None
     if not prev or cp is None:
         return 0
@@ -213,7 +217,7 @@ def carry_over_history(tracker: Tracker, trial: Any, job_key: str, ckpt_dir: Pat
     except Exception as e:  # noqa: BLE001 - the history is a convenience; the trial itself goes on
         print(f"warning: could not copy the metric history of run {src}: {e}", file=sys.stderr)
         return 0
-    tracker.set_tags({"lightgen.resumed_from_run": src})
+    tracker.set_tags({TAG_RESUMED_FROM: src})
     return n
 
 

@@ -61,7 +61,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
 def check_folder_path(path: str | Path, what: str) -> Path:
     """Refuse, before any work, a folder path that can never be created: it is a regular file, or one of
     its parents is. ``what`` names the option or key (``--out``, ``tracking.root`` …) in the UserError."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -75,7 +75,7 @@ def check_folder_path(path: str | Path, what: str) -> Path:
 
 
 def _not_utf8(path: str | Path, data: bytes, e: UnicodeDecodeError, line: int | None = None) -> Exception:
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     line = line or data[: e.start].count(b"\n") + 1
     return UserError(f"{path}:{line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})")
@@ -103,7 +103,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
     """
     import json
 
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -125,7 +125,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
 def require_object(where: str, obj: Any, fields: dict[str, type | tuple[type, ...]] | None = None) -> dict:
     """``obj`` as a dict whose listed fields (when present) have the listed types, else a UserError
     naming ``where`` (``path:line``) and the field."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -157,3 +157,18 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a lightgen process, where /proc tells: a reused pid is not ours)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"lightgen" in f.read()
+    except OSError:
+        return True

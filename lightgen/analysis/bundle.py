@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.utils import write_atomic
 
 BUNDLE_VERSION = 1

@@ -25,7 +25,7 @@ import seaborn as sns  # noqa: E402
 from lightgen.analysis.loader import SweepData, param_values  # noqa: E402
 from lightgen.analysis.tables import TASK_LABELS  # noqa: E402
 from lightgen.config import size_label  # noqa: E402
-from lightgen.tracking import GENEVAL_TASKS  # noqa: E402
+from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS  # noqa: E402
 from lightgen.utils import write_atomic  # noqa: E402
 
 ERRORBAR = "sd"  # error bars: standard deviation over seeds

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from lightgen.analysis import bundle as bundle_mod
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
+from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 from lightgen.tracking import (
-    GENEVAL_TASKS,
     TAG_KIND,
     TAG_POINT,
     TAG_SEED,

@@ -43,7 +43,7 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     """Call ``main`` and turn expected failures into messages and exit codes (the studio's error
     boundary, ``lightgen.cliutil.describe_error``: one line naming the file, exit 2; bugs traceback)."""
     from lightgen.analysis.loader import NoData
-    from lightgen.cliutil import describe_error, one_line
+    from lightgen.errors import describe_error, one_line
 
     try:
         return main(argv)

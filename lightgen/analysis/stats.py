@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from lightgen.tracking import GENEVAL_TASKS
+from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS, ordered
 
 
 @dataclass
@@ -79,7 +79,7 @@ def hierarchical_bootstrap(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
         nan = float("nan")
         return BootstrapResult(nan, nan, nan)
     seeds = sorted(ps["seed"].unique())
-    tasks = [t for t in GENEVAL_TASKS if t in set(ps["task"])] + sorted(set(ps["task"]) - set(GENEVAL_TASKS))
+    tasks = ordered(sorted(set(ps["task"])))
     cells = {(s, t): g["score"].to_numpy() for (s, t), g in ps.groupby(["seed", "task"])}
     rng = np.random.default_rng(seed)
     n_s = len(seeds)

@@ -24,9 +24,9 @@ import pandas as pd
 
 from lightgen.analysis import stats
 from lightgen.analysis.loader import SweepData, param_values
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.config import size_label
-from lightgen.tracking import GENEVAL_TASKS
+from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 
 PAPER_CITATION = ("Wu et al., \"LightGen: Efficient Image Generation through Knowledge Distillation and "
                   "Direct Preference Optimization\", arXiv:2503.08619 (2025)")

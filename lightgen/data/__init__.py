@@ -28,7 +28,9 @@ def log_dataset(tracker: Any, ds: Any) -> dict[str, float]:
     """
     metrics = ds.metrics()
     tracker.log_metrics(metrics, step=0)
-    tracker.set_tags({"lightgen.dataset": ds.manifest_hash, "lightgen.dataset_path": str(ds.path)})
+    from lightgen.tracking import TAG_DATASET, TAG_DATASET_PATH
+
+    tracker.set_tags({TAG_DATASET: ds.manifest_hash, TAG_DATASET_PATH: str(ds.path)})
     return metrics
 
 

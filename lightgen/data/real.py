@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from lightgen.redact import redact_obj
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.data import store
 from lightgen.data.diversity import tfidf
 from lightgen.world.captions import _item_seed

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.utils import sha256_file, write_atomic
 
 MANIFEST = "manifest.json"

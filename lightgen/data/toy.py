@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from lightgen.redact import redact_obj
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.data import store
 from lightgen.world.captions import CaptionGenerator, Knobs
 from lightgen.world.toy import ToyWorld
@@ -258,12 +258,11 @@ def _worker_shard(job: tuple[str, dict, int, int]) -> tuple[dict, dict]:
 def _progress(enabled: bool, total: int, done: int, key: str) -> Any:
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lightgen.cliutil import console
-
     p = Progress(TextColumn(f"dataset {key}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                 console=console)
+                 console=Console(stderr=True))
     p.start()
     task = p.add_task("build", total=total, completed=done)
     return p, task

@@ -16,13 +16,9 @@ app = typer.Typer(help="GenEval: official/toy prompts, sampling, scoring, summar
 
 def _world(cfg: Any) -> Any:
     """The toy world for toy prompts/detector; None in the real world."""
-    if cfg.world.kind != "toy":
-        return None
-    try:
-        from lightgen.world.toy import ToyWorld
-    except ImportError as e:  # the world package lives on another branch until merged
-        raise UserError(f"the toy world is not available in this installation ({e})") from None
-    return ToyWorld(cfg.world)
+    from lightgen.world import make_world
+
+    return make_world(cfg)
 
 
 @app.command("prompts")

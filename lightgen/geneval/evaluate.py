@@ -136,7 +136,7 @@ def sample_to_folder(
 def read_folder(folder: str | Path) -> tuple[list[dict[str, Any]], list[list[str]]]:
     """The official layout's metadata per prompt folder and its image paths (sorted), as the official
     evaluator reads it: numeric sub-folders only, ``NNNN.png`` files only."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -185,7 +185,7 @@ def evaluate_folder(folder: str | Path, detector: Any) -> list[dict[str, Any]]:
 def prompt_set(cfg: Any, world: Any = None) -> list[dict[str, Any]]:
     """The configured prompt set: official (553) or toy (``cfg.eval.n_prompts`` per task, fixed by the
     world seed so every trial in one world is scored on the same prompts)."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
     from lightgen.geneval.prompts import official_prompts, toy_prompts
 
     if cfg.eval.prompt_set == "official":
@@ -203,7 +203,7 @@ def prompt_set(cfg: Any, world: Any = None) -> list[dict[str, Any]]:
 
 def make_detector(cfg: Any, world: Any = None) -> Any:
     """ToyDetector (cached classifier under <tracking.root>/geneval/) or RealDetector from paths."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     if cfg.eval.detector == "toy":
         if world is None:

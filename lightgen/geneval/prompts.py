@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lightgen.geneval.tasks import TASKS  # noqa: F401 - the task registry (read here as prompts.TASKS too)
 from lightgen.utils import iter_jsonl, write_atomic
 
 #: The 80 COCO classes in COCO order, with GenEval's names.
@@ -33,7 +34,6 @@ COCO_CLASSES: tuple[str, ...] = (
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 OFFICIAL_SEED = 43
 OFFICIAL_PER_TASK = 100
@@ -159,7 +159,7 @@ def write_prompt_files(specs: list[dict[str, Any]], out_dir: str | Path) -> tupl
 
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """Read an ``evaluation_metadata.jsonl`` (one spec per line), validating each line."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     path = Path(path)
     specs = []
@@ -173,7 +173,7 @@ def read_metadata(path: str | Path) -> list[dict[str, Any]]:
 
 def validate_spec(spec: Any, where: str = "metadata") -> None:
     """Raise a UserError naming the field when a spec is not a GenEval metadata dict."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     if not isinstance(spec, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(spec).__name__}")

@@ -84,7 +84,7 @@ class RealDetector:
         import torch
         from transformers import AutoImageProcessor, AutoProcessor, CLIPModel, Mask2FormerForUniversalSegmentation
 
-        from lightgen.cliutil import UserError
+        from lightgen.errors import UserError
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:

@@ -15,14 +15,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lightgen.tracking import GENEVAL_TASKS
+from lightgen.geneval.tasks import ordered
 
 RESULT_KEYS = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a results.jsonl (ours or the official evaluator's pandas output); clear errors on bad rows."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     from lightgen.utils import iter_jsonl
 
@@ -38,7 +38,7 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 def check_result(row: Any, where: str) -> dict[str, Any]:
     """One results.jsonl row, checked: an object with ``tag`` (string), ``correct`` (true/false) and
     ``metadata`` (an object, or a string holding a JSON object, as the official evaluator writes it)."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
     from lightgen.utils import require_object
 
     if not isinstance(row, dict):
@@ -88,8 +88,7 @@ def _task_arrays(rows: list[dict[str, Any]]) -> dict[str, tuple[np.ndarray, np.n
 
 
 def _ordered_tasks(tasks: Iterable[str]) -> list[str]:
-    tasks = list(tasks)
-    return [t for t in GENEVAL_TASKS if t in tasks] + [t for t in tasks if t not in GENEVAL_TASKS]
+    return ordered(tasks)
 
 
 def _scores(rows: list[dict[str, Any]], prefix: str) -> dict[str, float]:
@@ -122,7 +121,7 @@ def bootstrap_overall(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int 
 
 def summarize(results: list[dict[str, Any]], bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
     """GenEval's numbers as MLflow metrics (see module docstring); seen/unseen when specs carry "seen"."""
-    from lightgen.cliutil import UserError
+    from lightgen.errors import UserError
 
     rows = list(results)
     if not rows:

@@ -33,8 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lightgen import redact
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig, load_config, read_yaml
+from lightgen.tracking import TAG_CHECKPOINT, TAG_CORRUPT  # noqa: F401 - run tags (folder; corrupt ones skipped)
 from lightgen.utils import sha256_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json", "config.yaml")
@@ -251,8 +252,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-TAG_CHECKPOINT = "lightgen.checkpoint"
-TAG_CORRUPT = "lightgen.corrupt_checkpoints"  # run tag: corrupt checkpoints skipped when this run resumed
 
 
 def resolve_source(spec: str | Path, tracking_uri: str | None = None, *, what: str = "checkpoint") -> tuple[Path, str | None]:

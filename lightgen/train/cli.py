@@ -39,7 +39,7 @@ def train(
         echo(f"resuming MLflow run {resume_id} (its process is gone; checkpoints in {out})")
     try:
         with tracking.tracked_run(cfg, experiment=exp, kind="train", run_id=resume_id) as tracker:
-            tracker.set_tags({"lightgen.checkpoint": str(out)})
+            tracker.set_tags({tracking.TAG_CHECKPOINT: str(out)})
             summary = train_and_evaluate(cfg, tracker, out, mode="train", progress=True)
     except NonFiniteLossError as e:
         fail(str(e), code=1)

@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig
 from lightgen.model.sampling import sample_images
 from lightgen.train import checkpoint as ckpt

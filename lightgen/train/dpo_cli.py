@@ -23,8 +23,7 @@ from typer.core import TyperGroup
 
 from lightgen.cliutil import SET_HELP, UserError, config_from_cli, echo, fail, user_errors
 
-TAG_CHECKPOINT = "lightgen.checkpoint"  # = train.checkpoint.TAG_CHECKPOINT (not imported: no torch at CLI start)
-TAG_BASE_CHECKPOINT = "lightgen.base_checkpoint"
+from lightgen.tracking import TAG_BASE_CHECKPOINT, TAG_CHECKPOINT  # noqa: E402  (light: no MLflow/torch at CLI start)
 
 
 class DefaultTrainGroup(TyperGroup):
@@ -63,11 +62,9 @@ def _dataset(cfg: Any) -> Any:
 
 
 def _world(cfg: Any) -> Any:
-    if cfg.world.kind != "toy":
-        return None
-    from lightgen.world.toy import ToyWorld
+    from lightgen.world import make_world
 
-    return ToyWorld(cfg.world)
+    return make_world(cfg)
 
 
 def _geneval(cfg: Any, sampler: Any, out_dir: Path) -> tuple[dict[str, float], list[dict]] | None:

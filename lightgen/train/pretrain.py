@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
 from lightgen.config import ExperimentConfig
 from lightgen.model.mar import LightGenMAR, build_model
 from lightgen.model.sampling import sample_images
+from lightgen.tracking import TAG_INIT_CHECKPOINT
 from lightgen.train import checkpoint as ckpt
 
 
@@ -253,7 +254,7 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
     if init_cp is not None:
         ckpt.init_weights_from(model, init_cp, cfg)
         if tracker is not None and is_main:
-            tracker.set_tags({"lightgen.init_checkpoint": str(Path(init_cp).resolve())})
+            tracker.set_tags({TAG_INIT_CHECKPOINT: str(Path(init_cp).resolve())})
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas),
                             **({"fused": True} if device.type == "cuda" else {"foreach": True}))

@@ -46,18 +46,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from lightgen.world.toy import NUMBER_WORDS, PLURALS, ToyWorld
+from lightgen.geneval.tasks import TASKS
+from lightgen.world.grammar import NUMBER_WORDS, TEMPLATE_WORDS  # noqa: F401 - the grammar's words
+from lightgen.world.toy import PLURALS, ToyWorld
 
-# Every non-object word any caption template, paraphrase or synonym may use.
-TEMPLATE_WORDS: tuple[str, ...] = (
-    "a", "an", "photo", "of", "picture", "image", "there", "is", "are", "and", "with", "drawing",
-    "on", "plain", "background", "simple", "showing", "render", "this", "shows", "flat", "illustration",
-    "in", "the", "scene", "we", "see", "to", "its", "that", "colored", "as", "well", "together",
-    "over", "under", "beneath", "disc", "discs", "rhombus", "rhombuses", "donut", "donuts", "plus",
-    "pluses", "oval", "ovals", "moon", "moons", "left", "right", "above", "below", "side", "it",
-)
-
-TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_SHARE = 0.2  # share of captions in GenEval's literal "a photo of …" phrasing, at every level
 
 # Sentence templates, most canonical first ("{s}" is the scene phrase, "{be}" is/are agreement).

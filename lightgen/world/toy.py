@@ -28,13 +28,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lightgen.cliutil import UserError
+from lightgen.errors import UserError
+from lightgen.world.grammar import NUMBER_WORDS, plural, vocabulary  # noqa: F401 - NUMBER_WORDS re-exported
 
 ALL_CLASSES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "heart", "cross", "diamond", "hexagon",
     "pentagon", "crescent", "ring", "arrow", "semicircle", "trapezoid", "ellipse", "frame",
 )
-PLURALS: dict[str, str] = {c: (c + "es" if c.endswith(("s", "x", "sh", "ch")) else c + "s") for c in ALL_CLASSES}
+PLURALS: dict[str, str] = {c: plural(c) for c in ALL_CLASSES}
 
 # GenEval's colours, in GenEval's order, with a fixed, well separated palette.
 ALL_COLORS: tuple[str, ...] = (
@@ -51,7 +52,6 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
     (128, 128, 128), (100, 112, 126), (150, 142, 124), (112, 126, 108),
     (168, 168, 174), (88, 88, 94), (142, 122, 132), (120, 140, 146),
 )
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 
 # GenEval's threshold in its relative-position rule (see relation_holds).
 POSITION_THRESHOLD = 0.1
@@ -291,16 +291,7 @@ class ToyWorld:
     # ---- vocabulary ----------------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
         """Every word a caption (training or GenEval prompt) may use, sorted."""
-        from lightgen.world.captions import TEMPLATE_WORDS
-
-        words = set(TEMPLATE_WORDS)
-        words.update(self.classes)
-        words.update(PLURALS[c] for c in self.classes)
-        words.update(self.colors)
-        words.update(NUMBER_WORDS[: self.max_objects + 1])
-        for rel in ALL_RELATIONS:
-            words.update(rel.split())
-        return sorted(words)
+        return vocabulary(self.classes, self.colors, self.max_objects, ALL_RELATIONS)
 
     # ---- validation ----------------------------------------------------------------------------
     def validate_spec(self, spec: dict) -> list[dict]:
