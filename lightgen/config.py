@@ -54,6 +54,20 @@ class WorldConfig(_Section):
     n_backgrounds: int = Field(1, ge=1, le=8, description="background variants (1 = plain grey)")
     heldout_fraction: float = Field(
         0.1, ge=0.0, le=0.5, description="share of compositions held out (at most half: the rest are trained on)")
+    layout: Literal["free", "grid"] = Field(
+        "free", description="toy object placement: 'free' (anywhere, any size) or 'grid' (each object inside one "
+        "cell of a grid_cells x grid_cells grid, so with tokens of one cell each object is one token)")
+    grid_cells: int = Field(2, ge=2, le=4, description="cells per side of the 'grid' layout")
+    pose: Literal["varied", "fixed"] = Field(
+        "varied", description="toy object poses: 'varied' (random size, rotation and offset) or 'fixed' (upright, "
+        "one size per scene type, centred in its grid cell): a class/colour then looks the same in every image")
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> "WorldConfig":
+        if self.layout == "grid" and self.max_objects > self.grid_cells**2:
+            raise ValueError(f"max_objects={self.max_objects} objects do not fit in a {self.grid_cells}x{self.grid_cells} "
+                             "grid layout (one object per cell): lower world.max_objects or raise world.grid_cells")
+        return self
     # real world
     teacher: str | None = Field(None, description="diffusers pipeline path or hub id (real world)")
     caption_file: str | None = Field(None, description="captions .txt/.csv/.jsonl (real world)")
@@ -139,6 +153,9 @@ class ModelConfig(_Section):
     attn_dropout: float = Field(0.0, ge=0.0, le=1.0)
     proj_dropout: float = Field(0.0, ge=0.0, le=1.0)
     buffer_size: int | None = Field(None, ge=0, description="learned buffer tokens in the encoder (MAR)")
+    text_pool_buffer: bool = Field(
+        False, description="also add the pooled text (masked mean of the aligned text) to the buffer tokens, as MAR "
+        "puts its class embedding there; the text cross-attention stays")
     text_dim: int | None = Field(None, ge=8, description="width of the text features (cached embeddings)")
     toy_text_width: int = Field(64, ge=8, description="d_model of the toy T5 encoder")
     toy_text_depth: int = Field(2, ge=1, description="layers of the toy T5 encoder")

@@ -35,6 +35,17 @@ WORLD_KEYS = ("kind", "seed", "n_classes", "n_colors", "max_objects", "n_relatio
               "heldout_fraction")
 
 
+def world_identity(world_cfg: Any) -> dict:
+    """What a toy world's renders depend on; the layout and pose only when they are not the defaults (so
+    caches of worlds made before those knobs keep their identity)."""
+    ident = {k: getattr(world_cfg, k) for k in WORLD_KEYS}
+    if getattr(world_cfg, "layout", "free") != "free":
+        ident.update(layout=world_cfg.layout, grid_cells=world_cfg.grid_cells)
+    if getattr(world_cfg, "pose", "varied") != "varied":
+        ident["pose"] = world_cfg.pose
+    return ident
+
+
 def resolve_storage(cfg: Any) -> str:
     """'shards' or 'stream' for a config (see the module docstring for the rule)."""
     if cfg.data.storage != "auto":
@@ -48,7 +59,7 @@ def stream_identity(cfg: Any, storage: str) -> dict:
     knobs = Knobs.from_config(cfg.data)
     return {
         "format": FORMAT_VERSION,
-        "world": {k: getattr(cfg.world, k) for k in WORLD_KEYS},
+        "world": world_identity(cfg.world),
         "knobs": {"coverage": knobs.coverage, "variety": knobs.variety, "density": knobs.density},
         "resolution": cfg.data.resolution,
         "seed": cfg.data.seed,

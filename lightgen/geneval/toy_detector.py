@@ -153,8 +153,9 @@ class ToyDetector:
                 spec = {"include": [{"class": classes[rng.integers(len(classes))], "count": n_obj}]}
                 if rng.random() < 0.5 and len(classes) >= 2:
                     other = classes[rng.integers(len(classes))]
-                    if other != spec["include"][0]["class"]:
-                        spec["include"].append({"class": other, "count": int(rng.integers(1, max_count + 1))})
+                    n_other = min(int(rng.integers(1, max_count + 1)), getattr(w, "capacity", 16) - n_obj)
+                    if other != spec["include"][0]["class"] and n_other > 0:
+                        spec["include"].append({"class": other, "count": n_other})
             spec["tag"], spec["prompt"] = "train", ""
             image, objs = w.render_with_objects(spec, resolution, int(rng.integers(2**31)))
             if self.augment and i % 2:  # every other render degraded the way a student's images are

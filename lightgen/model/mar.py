@@ -176,6 +176,8 @@ class LightGenMAR(nn.Module):
         n_tok = self.buffer_size + self.seq_len
         self.z_proj = nn.Linear(self.token_dim, w)
         self.buffer = nn.Parameter(torch.zeros(1, self.buffer_size, w))
+        # optional: the pooled text in the buffer tokens (MAR's class-embedding slot), beside the cross-attention
+        self.text_to_buffer = nn.Linear(w, w) if getattr(mcfg, "text_pool_buffer", False) and self.buffer_size else None
         self.encoder_pos = nn.Parameter(torch.zeros(1, n_tok, w))
         n_cross_enc = round(arch["cross_depth"] * arch["encoder_depth"] / (arch["encoder_depth"] + arch["decoder_depth"]))
         self.encoder_blocks = self._stage(arch["encoder_depth"], n_cross_enc, w, heads, r, drops)
@@ -281,6 +283,10 @@ class LightGenMAR(nn.Module):
         x = self.z_proj(tokens) + self.encoder_pos[:, nb:]
         x = torch.gather(x, 1, vis_w)  # visible tokens only: the encoder never sees mask tokens
         buf = (self.buffer + self.encoder_pos[:, :nb]).to(x.dtype).expand(b, -1, -1)
+        if self.text_to_buffer is not None:
+            keep = ctx_mask[..., None].to(ctx.dtype)
+            pooled = (ctx * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+            buf = buf + self.text_to_buffer(pooled)[:, None].to(x.dtype)
         x = torch.cat([buf, x], dim=1)
         for blk in self.encoder_blocks:
             x = blk(x, ctx=ctx, ctx_mask=ctx_mask)

@@ -36,12 +36,12 @@ META = "lightgen_toy_vae.json"
 
 def vae_spec(cfg: Any) -> dict[str, Any]:
     """Everything the trained autoencoder depends on (its cache identity)."""
-    from lightgen.data.toy import WORLD_KEYS
+    from lightgen.data.toy import world_identity
 
     m = cfg.model
     return {
         "recipe": RECIPE_VERSION,
-        "world": {k: getattr(cfg.world, k) for k in WORLD_KEYS},
+        "world": world_identity(cfg.world),
         "resolution": cfg.data.resolution,
         "stride": m.vae_stride,
         "latent_channels": m.vae_latent_channels,

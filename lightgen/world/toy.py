@@ -222,6 +222,11 @@ class ToyWorld:
         self.backgrounds = list(BACKGROUNDS[: cfg.n_backgrounds])
         self.palette: dict[str, tuple[int, int, int]] = {c: PALETTE[c] for c in self.colors}
         self.heldout_fraction = float(cfg.heldout_fraction)
+        self.layout = str(getattr(cfg, "layout", "free"))
+        self.grid_cells = int(getattr(cfg, "grid_cells", 2))
+        self.fixed_pose = str(getattr(cfg, "pose", "varied")) == "fixed"
+        #: most objects one scene can hold (one per cell in the grid layout)
+        self.capacity = self.grid_cells**2 if self.layout == "grid" else 16
         self._class_set, self._color_set = set(self.classes), set(self.colors)
         self._colors_np = {c: np.asarray(PALETTE[c], dtype=np.float32) for c in self.colors}
         self._make_heldout()
@@ -313,8 +318,9 @@ class ToyWorld:
                 if len(inc) != 2 or any(int(c.get("count", 1)) != 1 for c in inc):
                     raise UserError("spec position: relations are drawn between exactly two clauses of count 1")
         total = sum(int(c.get("count", 1)) for c in inc)
-        if total > 16:
-            raise UserError(f"spec has {total} objects; at most 16 fit in a scene")
+        if total > self.capacity:
+            where = f"a {self.grid_cells}x{self.grid_cells} grid layout" if self.layout == "grid" else "a scene"
+            raise UserError(f"spec has {total} objects; at most {self.capacity} fit in {where}")
         return inc
 
     # ---- rendering -----------------------------------------------------------------------------
@@ -329,6 +335,10 @@ class ToyWorld:
         nxt = k.__next__
         uni = lambda lo, hi: lo + (hi - lo) * nxt()  # noqa: E731
         pick = lambda n: min(int(nxt() * n), n - 1)  # noqa: E731
+        # world.pose=fixed: every size draw at the middle of its range, every rotation upright (the
+        # uniforms are still consumed, so the rest of the layout keeps its stream)
+        size_u = (lambda lo, hi: (nxt(), (lo + hi) / 2)[1]) if self.fixed_pose else uni  # noqa: E731
+        rot = (lambda: (nxt(), N_ROTATIONS // 2)[1]) if self.fixed_pose else (lambda: pick(N_ROTATIONS))  # noqa: E731
         colors = []
         for cl in inc:
             col = cl.get("color")
@@ -340,12 +350,15 @@ class ToyWorld:
         q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
         objs: list[tuple[str, str, int, int, int, int]] = []
         pos_clause = next((i for i, c in enumerate(inc) if c.get("position")), None)
+        if pos_clause is not None and self.layout == "grid":
+            return self._grid_layout([(c["class"], colors[i]) for i, c in enumerate(inc)], res, pick, size_u, rot,
+                                     relation=inc[pos_clause]["position"][0], pair=(pos_clause, int(inc[pos_clause]["position"][1])))
         if pos_clause is not None:
             rel, j = inc[pos_clause]["position"]
             a, b = pos_clause, int(j)
             # A is `rel` of B: put "first" on the low side of the axis, "second" on the high side.
             low, high = (a, b) if rel in ("left of", "above") else (b, a)
-            sizes = {low: q(res * uni(0.28, 0.42)), high: q(res * uni(0.28, 0.42))}
+            sizes = {low: q(res * size_u(0.28, 0.42)), high: q(res * size_u(0.28, 0.42))}
             gap = max(1.0, 0.04 * res)
             half = res / 2.0
             c_low = uni(sizes[low] / 2, half - gap / 2 - sizes[low] / 2)
@@ -359,14 +372,16 @@ class ToyWorld:
                 cx, cy = (along, perp) if horizontal else (perp, along)
                 x0 = min(max(round(cx - s / 2), 0), res - s)
                 y0 = min(max(round(cy - s / 2), 0), res - s)
-                objs.append((inc[idx]["class"], colors[idx], x0, y0, s, pick(N_ROTATIONS)))
+                objs.append((inc[idx]["class"], colors[idx], x0, y0, s, rot()))
             return objs
         items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
+        if self.layout == "grid":
+            return self._grid_layout(items, res, pick, size_u, rot)
         n = len(items)
         if n == 1:
-            s = q(res * uni(0.35, 0.6))
+            s = q(res * size_u(0.35, 0.6))
             x0, y0 = pick(res - s + 1), pick(res - s + 1)
-            return [(items[0][0], items[0][1], x0, y0, s, pick(N_ROTATIONS))]
+            return [(items[0][0], items[0][1], x0, y0, s, rot())]
         g = max(2, math.ceil(math.sqrt(n)))
         cells = list(range(g * g))
         for i in range(n):  # partial Fisher-Yates: n distinct cells
@@ -376,10 +391,43 @@ class ToyWorld:
         for idx, (cls, col) in enumerate(items):
             r, c = divmod(cells[idx], g)
             w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
-            s = min(q(min(w_c, h_c) * uni(0.6, 0.92)), w_c, h_c)
+            s = min(q(min(w_c, h_c) * size_u(0.6, 0.92)), w_c, h_c)
             x0 = edges[c] + pick(w_c - s + 1)
             y0 = edges[r] + pick(h_c - s + 1)
-            objs.append((cls, col, x0, y0, s, pick(N_ROTATIONS)))
+            objs.append((cls, col, x0, y0, s, rot()))
+        return objs
+
+    def _grid_layout(self, items: list[tuple[str, str]], res: int, pick: Any, uni: Any, rot: Any,
+                     relation: str | None = None, pair: tuple[int, int] | None = None) -> list[tuple[str, str, int, int, int, int]]:
+        """``world.layout=grid``: each object inside its own cell of a ``grid_cells``² grid (cells drawn at
+        random; a relation puts A's cell on the stated side of B's, in the same row or column)."""
+        g = self.grid_cells
+        step = max(1, res // 32)
+        if relation is not None:
+            a, b = pair
+            low, high = (a, b) if relation in ("left of", "above") else (b, a)
+            i1, i2 = pick(g), pick(g - 1)  # two distinct indices along the relation's axis
+            i2 += i2 >= i1
+            lo, hi = min(i1, i2), max(i1, i2)
+            other = pick(g)
+            horizontal = relation in ("left of", "right of")
+            cell = {low: (other, lo) if horizontal else (lo, other), high: (other, hi) if horizontal else (hi, other)}
+            chosen = [cell[i] for i in range(len(items))]
+        else:
+            cells = list(range(g * g))
+            for i in range(len(items)):  # partial Fisher-Yates: distinct cells
+                j = i + pick(g * g - i)
+                cells[i], cells[j] = cells[j], cells[i]
+            chosen = [divmod(c, g) for c in cells[: len(items)]]
+        edges = _edges(res, g)
+        objs = []
+        for (cls, col), (r, c) in zip(items, chosen):
+            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
+            s = min(max(3, int(min(w_c, h_c) * uni(0.6, 0.92)) // step * step), w_c, h_c)
+            dx, dy = pick(w_c - s + 1), pick(h_c - s + 1)
+            if self.fixed_pose:  # centred in its cell
+                dx, dy = (w_c - s) // 2, (h_c - s) // 2
+            objs.append((cls, col, edges[c] + dx, edges[r] + dy, s, rot()))
         return objs
 
     def _check_resolution(self, resolution: int) -> int:
