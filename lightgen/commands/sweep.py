@@ -21,13 +21,14 @@ def _parse_sets(sets: list[str] | None) -> dict:
 def _default_preset() -> str:
     from lightgen.sweep.launch import _cuda_device_count
 
-    return "lab" if _cuda_device_count() > 0 else "smoke"
+    # no GPU: the cpu preset, which learns on a CPU (benchmarks/LEARN_CPU.md); smoke is the plumbing check
+    return "lab" if _cuda_device_count() > 0 else "cpu"
 
 
 @user_errors
 def sweep(
     name: str = typer.Argument(..., help="Sweep name (data-scale, caption-diversity, iterations, dpo-beta) or a YAML path."),
-    preset: str = typer.Option(None, "--preset", help="Experiment preset: smoke (default without a GPU), lab, paper."),
+    preset: str = typer.Option(None, "--preset", help="Experiment preset: cpu (default without a GPU; learns on a CPU), smoke (a two-minute plumbing check), lab (default with a GPU), paper."),
     gpus: str = typer.Option(None, "--gpus", help="Comma-separated GPU indices, one worker per GPU (e.g. 0,1)."),
     workers_per_gpu: int = typer.Option(1, "--workers-per-gpu", min=1, max=64, help="Workers per GPU (small models)."),
     workers: int = typer.Option(None, "--workers", min=1, max=256, help="Worker processes without GPUs (default sweep.workers)."),
