@@ -98,6 +98,37 @@ def test_student_on_toy_vae_tokens_trains_and_samples(tmp_path):
     assert imgs.shape == (2, 32, 32, 3)
 
 
+def test_pooled_text_in_the_buffer_conditions_the_encoder(tmp_path):
+    """model.text_pool_buffer: the buffer tokens carry the caption (so features change with it) and learn."""
+    from lightgen.model.mar import build_model
+
+    small = ["model.tokenizer=patch", "model.text_encoder_mode=trainable", "model.text_encoder_weights=null",
+             "model.width=32", "model.heads=2", "model.head_width=64", "model.cross_depth=0"]
+    cfg = quick_cfg(tmp_path, *small, "model.text_pool_buffer=true")
+    world = ToyWorld(cfg.world)
+    model = build_model(cfg, vocab=world.vocabulary())
+    plain = build_model(quick_cfg(tmp_path, *small, "model.text_pool_buffer=false"), vocab=world.vocabulary())
+    assert not any("text_to_buffer" in k for k in plain.state_dict())  # off: checkpoints as before
+    assert load_config("smoke").model.text_pool_buffer is False  # off unless a preset asks for it
+    tokens = torch.zeros(2, model.seq_len, model.token_dim)
+    mask = torch.ones(2, model.seq_len, dtype=torch.bool)
+    caps = ["a photo of a red star", "a photo of two blue circles"]
+    with torch.no_grad():
+        for m, differs in ((model, True), (plain, False)):
+            ctx, cm = m.encode_text(caps)
+            z = m.forward_features(tokens, mask, ctx, cm)
+            # no cross-attention here: only the pooled text in the buffer can tell the two captions apart
+            assert bool((z[0] - z[1]).abs().max() > 1e-4) is differs
+    spec = {"include": [{"class": "star", "count": 1, "color": "red"}], "prompt": caps[0], "tag": "c"}
+    batch = {"images": world.render([spec] * 4, 32, range(4)), "captions": [caps[0]] * 4}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):  # the zero-initialised head (output, AdaLN) passes gradient upstream after a few steps
+        opt.zero_grad()
+        model.forward_loss(batch, generator=torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    assert model.text_to_buffer.weight.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # pre-trained toy text encoder
 # ---------------------------------------------------------------------------------------------------
