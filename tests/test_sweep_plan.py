@@ -42,3 +42,21 @@ def test_a_damaged_or_foreign_plan_file_is_a_user_error(tmp_path):
     bad.write_text(json.dumps({"version": 1, "sweep": {"name": "x"}}))
     with pytest.raises(UserError, match="bad.plan.json"):
         read_plan(bad)
+
+
+def test_dry_run_counts_the_datasets_the_data_layer_builds():
+    from lightgen.sweep import dry_run
+    from lightgen.world.captions import Knobs
+
+    # caption-diversity at lab: several arms resolve to the same knobs (e.g. caption_diversity=1.0 and
+    # coverage=1.0), and the data layer builds those once; the dry run must list each dataset once
+    plan = plan_sweep(load_sweep("caption-diversity"), "lab")
+    distinct = set()
+    for job in plan.jobs:
+        cfg = plan.job_config(job)
+        k = Knobs.from_config(cfg.data)
+        distinct.add((k.coverage, k.variety, k.density, cfg.data.actual_size, cfg.data.seed, cfg.data.resolution,
+                      cfg.world.model_dump_json()))
+    n_configs = len({json.dumps(plan.job_config(j).data.model_dump(mode="json"), sort_keys=True) for j in plan.jobs})
+    info = dry_run(plan)
+    assert len(info["datasets"]) == len(distinct) < n_configs

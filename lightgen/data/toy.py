@@ -72,6 +72,12 @@ def stream_key(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def dataset_key(cfg: Any) -> str:
+    """What ``get_toy_dataset(cfg)`` builds, as one key: the cached stream (``stream_key``) and the prefix of it
+    the dataset is (``data.actual_size``). Two configs with the same key share one dataset."""
+    return f"{stream_key(stream_identity(cfg, resolve_storage(cfg)))}:{cfg.data.actual_size}"
+
+
 def cache_root(cfg: Any) -> Path:
     from lightgen.layout import datasets_dir
 

@@ -186,10 +186,7 @@ def dry_run(plan: Plan) -> dict[str, Any]:
     total_flops = 0.0
     for job in plan.jobs:
         cfg = plan.job_config(job)
-        dkey = json.dumps({"world": cfg.world.model_dump(), "scale": cfg.data.scale, "div": cfg.data.caption_diversity,
-                           "cov": cfg.data.coverage, "var": cfg.data.variety, "den": cfg.data.density,
-                           "res": cfg.data.resolution, "seed": cfg.data.seed}, sort_keys=True)
-        datasets.setdefault(dkey, {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
+        datasets.setdefault(_dataset_key(cfg), {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
                                    "diversity": cfg.data.caption_diversity, "seed": cfg.data.seed,
                                    "resolution": cfg.data.resolution})
         ckpts.append(str(layout.checkpoint_dir(cfg, job.point.point_id, job.seed)))
@@ -198,6 +195,18 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         total_flops += samples * _flops_per_sample(cfg)
     return {"points": plan.points, "jobs": len(plan.jobs), "datasets": list(datasets.values()),
             "checkpoints": ckpts, "samples": total_samples, "train_flops": total_flops}
+
+
+def _dataset_key(cfg: ExperimentConfig) -> str:
+    """The dataset a job trains on, by the data layer's own identity in the toy world (``data.toy.dataset_key``:
+    the cached stream and its prefix); in the real world, by the config keys a real dataset is built from."""
+    if cfg.world.kind == "toy":
+        from lightgen.data.toy import dataset_key
+
+        return dataset_key(cfg)
+    return json.dumps({"world": cfg.world.model_dump(), "scale": cfg.data.scale, "div": cfg.data.caption_diversity,
+                       "cov": cfg.data.coverage, "var": cfg.data.variety, "den": cfg.data.density,
+                       "res": cfg.data.resolution, "seed": cfg.data.seed}, sort_keys=True)
 
 
 def _flops_per_sample(cfg: ExperimentConfig) -> float:
