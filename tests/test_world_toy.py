@@ -79,14 +79,18 @@ def test_uncoloured_clause_gets_trainable_colour(world):
     assert all((c, "star") not in world.heldout_color_class for c in colours)
 
 
+def _circle_rel_star(world, rel, res, seed):
+    """Render "a circle <rel> a star" → (circle, star) objects with their boxes."""
+    spec = {"tag": "position", "include": [{"class": "star", "count": 1},
+                                           {"class": "circle", "count": 1, "position": [rel, 0]}]}
+    _, objs = world.render_with_objects(spec, res, seed)
+    return next(o for o in objs if o["class"] == "circle"), next(o for o in objs if o["class"] == "star")
+
+
 @pytest.mark.parametrize("rel", ["left of", "right of", "above", "below"])
 def test_positions_satisfy_geneval_rule_with_margin(world, rel):
     for seed in range(60):
-        spec = {"tag": "position", "include": [{"class": "star", "count": 1},
-                                               {"class": "circle", "count": 1, "position": [rel, 0]}]}
-        _, objs = world.render_with_objects(spec, 64, seed)
-        circle = next(o for o in objs if o["class"] == "circle")
-        star = next(o for o in objs if o["class"] == "star")
+        circle, star = _circle_rel_star(world, rel, 64, seed)
         # stricter than GenEval's 0.1 threshold: holds even when boxes are shrunk 2.5x as much
         assert relation_holds(circle["box"], star["box"], rel, threshold=0.25)
         others = {"left of", "right of", "above", "below"} - {rel}
@@ -186,11 +190,7 @@ def test_grid_layout_puts_each_object_in_its_own_cell(g):
 def test_grid_layout_relations_hold(rel):
     world = ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, layout="grid"))
     for seed in range(40):
-        spec = {"tag": "position", "include": [{"class": "star", "count": 1},
-                                               {"class": "circle", "count": 1, "position": [rel, 0]}]}
-        _, objs = world.render_with_objects(spec, 32, seed)
-        circle = next(o for o in objs if o["class"] == "circle")
-        star = next(o for o in objs if o["class"] == "star")
+        circle, star = _circle_rel_star(world, rel, 32, seed)
         assert relation_holds(circle["box"], star["box"], rel)
         assert _cell(circle["box"], 32, 2) != _cell(star["box"], 32, 2)
 

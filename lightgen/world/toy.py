@@ -348,11 +348,12 @@ class ToyWorld:
             colors.append(col)
         step = max(1, res // 32)
         q = lambda s: max(3, int(s) // step * step)  # noqa: E731 - quantised sizes keep the mask cache small
-        objs: list[tuple[str, str, int, int, int, int]] = []
         pos_clause = next((i for i, c in enumerate(inc) if c.get("position")), None)
+        place = lambda items, cells, g: self._in_cells(items, cells, res, g, q, size_u, pick, rot)  # noqa: E731
         if pos_clause is not None and self.layout == "grid":
-            return self._grid_layout([(c["class"], colors[i]) for i, c in enumerate(inc)], res, pick, size_u, rot,
-                                     relation=inc[pos_clause]["position"][0], pair=(pos_clause, int(inc[pos_clause]["position"][1])))
+            rel, j = inc[pos_clause]["position"]
+            return place([(c["class"], colors[i]) for i, c in enumerate(inc)],
+                         self._relation_cells(rel, pos_clause, int(j), pick), self.grid_cells)
         if pos_clause is not None:
             rel, j = inc[pos_clause]["position"]
             a, b = pos_clause, int(j)
@@ -367,6 +368,7 @@ class ToyWorld:
             p_low = uni(smax / 2, res - smax / 2)
             p_high = min(max(p_low + uni(-0.12, 0.12) * res, smax / 2), res - smax / 2)
             horizontal = rel in ("left of", "right of")
+            objs: list[tuple[str, str, int, int, int, int]] = []
             for idx, along, perp in ((low, c_low, p_low), (high, c_high, p_high)):
                 s = sizes[idx]
                 cx, cy = (along, perp) if horizontal else (perp, along)
@@ -375,57 +377,43 @@ class ToyWorld:
                 objs.append((inc[idx]["class"], colors[idx], x0, y0, s, rot()))
             return objs
         items = [(cl["class"], colors[i]) for i, cl in enumerate(inc) for _ in range(int(cl.get("count", 1)))]
-        if self.layout == "grid":
-            return self._grid_layout(items, res, pick, size_u, rot)
         n = len(items)
-        if n == 1:
+        if n == 1 and self.layout != "grid":
             s = q(res * size_u(0.35, 0.6))
             x0, y0 = pick(res - s + 1), pick(res - s + 1)
             return [(items[0][0], items[0][1], x0, y0, s, rot())]
-        g = max(2, math.ceil(math.sqrt(n)))
+        # a g x g grid of cells (the world's own in the grid layout; just large enough otherwise), n distinct
+        g = self.grid_cells if self.layout == "grid" else max(2, math.ceil(math.sqrt(n)))
         cells = list(range(g * g))
         for i in range(n):  # partial Fisher-Yates: n distinct cells
             j = i + pick(g * g - i)
             cells[i], cells[j] = cells[j], cells[i]
+        return place(items, [divmod(c, g) for c in cells[:n]], g)
+
+    def _relation_cells(self, rel: str, a: int, b: int, pick: Any) -> list[tuple[int, int]]:
+        """Grid layout: (row, col) of clauses 0 and 1 with clause ``a`` ``rel`` of clause ``b``, in one row or column."""
+        g = self.grid_cells
+        low, high = (a, b) if rel in ("left of", "above") else (b, a)
+        i1, i2 = pick(g), pick(g - 1)  # two distinct indices along the relation's axis
+        i2 += i2 >= i1
+        lo, hi = min(i1, i2), max(i1, i2)
+        other = pick(g)
+        horizontal = rel in ("left of", "right of")
+        cell = {low: (other, lo) if horizontal else (lo, other), high: (other, hi) if horizontal else (hi, other)}
+        return [cell[0], cell[1]]
+
+    def _in_cells(self, items: list[tuple[str, str]], cells: list[tuple[int, int]], res: int, g: int, q: Any,
+                  size_u: Any, pick: Any, rot: Any) -> list[tuple[str, str, int, int, int, int]]:
+        """One object per (row, col) cell of a g x g grid over the canvas, at a random size and offset inside it
+        (centred in the grid layout with fixed poses)."""
         edges = _edges(res, g)
-        for idx, (cls, col) in enumerate(items):
-            r, c = divmod(cells[idx], g)
+        centre = self.fixed_pose and self.layout == "grid"
+        objs = []
+        for (cls, col), (r, c) in zip(items, cells):
             w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
             s = min(q(min(w_c, h_c) * size_u(0.6, 0.92)), w_c, h_c)
-            x0 = edges[c] + pick(w_c - s + 1)
-            y0 = edges[r] + pick(h_c - s + 1)
-            objs.append((cls, col, x0, y0, s, rot()))
-        return objs
-
-    def _grid_layout(self, items: list[tuple[str, str]], res: int, pick: Any, uni: Any, rot: Any,
-                     relation: str | None = None, pair: tuple[int, int] | None = None) -> list[tuple[str, str, int, int, int, int]]:
-        """``world.layout=grid``: each object inside its own cell of a ``grid_cells``² grid (cells drawn at
-        random; a relation puts A's cell on the stated side of B's, in the same row or column)."""
-        g = self.grid_cells
-        step = max(1, res // 32)
-        if relation is not None:
-            a, b = pair
-            low, high = (a, b) if relation in ("left of", "above") else (b, a)
-            i1, i2 = pick(g), pick(g - 1)  # two distinct indices along the relation's axis
-            i2 += i2 >= i1
-            lo, hi = min(i1, i2), max(i1, i2)
-            other = pick(g)
-            horizontal = relation in ("left of", "right of")
-            cell = {low: (other, lo) if horizontal else (lo, other), high: (other, hi) if horizontal else (hi, other)}
-            chosen = [cell[i] for i in range(len(items))]
-        else:
-            cells = list(range(g * g))
-            for i in range(len(items)):  # partial Fisher-Yates: distinct cells
-                j = i + pick(g * g - i)
-                cells[i], cells[j] = cells[j], cells[i]
-            chosen = [divmod(c, g) for c in cells[: len(items)]]
-        edges = _edges(res, g)
-        objs = []
-        for (cls, col), (r, c) in zip(items, chosen):
-            w_c, h_c = edges[c + 1] - edges[c], edges[r + 1] - edges[r]
-            s = min(max(3, int(min(w_c, h_c) * uni(0.6, 0.92)) // step * step), w_c, h_c)
             dx, dy = pick(w_c - s + 1), pick(h_c - s + 1)
-            if self.fixed_pose:  # centred in its cell
+            if centre:
                 dx, dy = (w_c - s) // 2, (h_c - s) // 2
             objs.append((cls, col, edges[c] + dx, edges[r] + dy, s, rot()))
         return objs
