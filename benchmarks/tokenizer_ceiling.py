@@ -37,10 +37,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from lightgen.config import load_config
-    from lightgen.geneval.evaluate import evaluate_images
-    from lightgen.geneval.prompts import toy_prompts
+    from lightgen.geneval.evaluate import evaluate_images, make_detector, prompt_set
     from lightgen.geneval.summary import summarize
-    from lightgen.geneval.toy_detector import ToyDetector
+    from lightgen.geneval.tasks import TASKS
     from lightgen.model.mar import build_tokenizer
     from lightgen.model.tokenizers import float_to_images
     from lightgen.world.toy import ToyWorld
@@ -52,9 +51,8 @@ def main() -> None:
     t0 = time.perf_counter()
     tok = build_tokenizer(cfg)
     build_s = time.perf_counter() - t0
-    det = ToyDetector(world, cache_dir=Path(args.root) / "geneval", n_train=cfg.eval.detector_train_images,
-                      augment=cfg.eval.detector_augment)
-    specs = toy_prompts(world, args.per_task, seed=cfg.world.seed)
+    det = make_detector(cfg, world)  # the one every run of this config scores with
+    specs = prompt_set(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"n_prompts": args.per_task})}), world)
     renders = world.render(specs, res, [10_000 + i for i in range(len(specs))])
     other = world.render(specs, res, [20_000 + i for i in range(len(specs))])
     g = torch.Generator().manual_seed(0)
@@ -67,8 +65,7 @@ def main() -> None:
     def score(name: str, imgs: np.ndarray) -> None:
         s = summarize(evaluate_images([imgs[i:i + 1] for i in range(len(specs))], specs, det), bootstrap=0)
         row = {"variant": name, "sets": args.sets, "overall": s["geneval/overall"],
-               "tasks": {k.split("/")[1]: round(v, 3) for k, v in s.items()
-                         if k.startswith("geneval/") and not k.endswith(("overall", "ci_low", "ci_high"))},
+               "tasks": {t: round(s[f"geneval/{t}"], 3) for t in TASKS if f"geneval/{t}" in s},
                "tokens": list(tokens.shape[1:]), "build_s": round(build_s, 1),
                "machine": f"{platform.machine()}, {torch.get_num_threads()} thread", "date": time.strftime("%Y-%m-%d %H:%M")}
         rows.append(row)
@@ -89,6 +86,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from lightgen.cliutil import run_guarded
+    from lightgen.errors import run_guarded
 
     raise SystemExit(run_guarded(main))
