@@ -203,8 +203,10 @@ def test_grid_layout_refuses_more_objects_than_cells():
 def test_layout_changes_world_identity_only_when_set():
     from lightgen.data.toy import WORLD_KEYS, world_identity
 
-    free = WorldConfig(n_classes=6)
+    free = WorldConfig(n_classes=6, heldout_fraction=0.0)
     assert world_identity(free) == {k: getattr(free, k) for k in WORLD_KEYS}  # old caches keep their key
+    # a world that holds something out names its held-out rule: caches of the older draw are not reused
+    assert world_identity(WorldConfig(n_classes=6))["heldout_rule"] == 2
     assert world_identity(WorldConfig(n_classes=6, max_objects=3, layout="grid"))["layout"] == "grid"
 
 
@@ -221,12 +223,74 @@ def test_fixed_pose_draws_one_silhouette_per_class_and_colour():
     assert len({varied.render_with_objects(spec, 32, s)[0].tobytes() for s in range(30)}) > 20
 
 
-def test_default_pose_and_layout_keep_the_renders():
-    # the knobs must not change the default world's images (cached datasets and recorded results stay
-    # valid): the hash of these 60 renders was taken before the layout and pose knobs existed
-    from lightgen.geneval.prompts import toy_prompts
+def _hash_specs(world):
+    c, k = world.classes, world.colors
+    out = []
+    for i in range(10):
+        a, b = c[i % len(c)], c[(3 * i + 1) % len(c)]
+        rel = ("left of", "right of", "above", "below")[i % 4]
+        out += [{"include": [{"class": a, "count": 1}]},
+                {"include": [{"class": a, "count": 1}, {"class": b, "count": 1}]},
+                {"include": [{"class": a, "count": 2 + i % 3}]},
+                {"include": [{"class": a, "count": 1, "color": k[i % len(k)]}]},
+                {"include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]},
+                {"include": [{"class": a, "count": 1, "color": k[i % len(k)]},
+                             {"class": b, "count": 1, "color": k[(i + 3) % len(k)]}]}]
+    return out
 
-    world = ToyWorld(WorldConfig())
-    specs = toy_prompts(world, 10, seed=0)
+
+def test_default_pose_and_layout_keep_the_renders():
+    # the renderer of the default world must not change (cached datasets and recorded results stay valid).
+    # Pinned with nothing held out: the held-out draw (HELDOUT_RULE 2, balanced and inverse-closed) changes
+    # which colours an uncoloured clause may take and rejects placements that show a held-out composition,
+    # by design; with heldout_fraction=0 these 60 renders are byte-identical to the renderer before it.
+    world = ToyWorld(WorldConfig(heldout_fraction=0.0))
+    specs = _hash_specs(world)
     imgs = world.render(specs, 64, list(range(len(specs))))
-    assert hashlib.sha256(imgs.tobytes()).hexdigest()[:16] == "6bd716d5578854ee"
+    assert hashlib.sha256(imgs.tobytes()).hexdigest()[:16] == "36fb84c0d883123e"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_heldout_is_balanced_inverse_closed_and_keeps_everything_trainable(seed):
+    from collections import Counter
+
+    from lightgen.world.toy import INVERSE
+
+    w = ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, layout="grid", pose="fixed",
+                             heldout_fraction=0.5, seed=seed))
+    by_class = Counter(k for _, k in w.heldout_color_class)
+    by_colour = Counter(c for c, _ in w.heldout_color_class)
+    assert len(w.heldout_color_class) == 18 and set(by_class.values()) == {3} and set(by_colour.values()) == {3}
+    assert all(len(w.trainable_colors(k)) >= 2 for k in w.classes)
+    assert len(w.heldout_class_count) == 6 and Counter(n for _, n in w.heldout_class_count) == {2: 3, 3: 3}
+    assert {k for k, _ in w.heldout_class_count} == set(w.classes)  # each class keeps one trainable count
+    for a, r, b in w.heldout_relation:  # the inverse is held out too
+        assert (b, INVERSE[r], a) in w.heldout_relation
+    assert len(w.heldout_relation) == 60
+    for i, a in enumerate(w.classes):  # at most half of the relations between any two classes
+        for b in w.classes[i + 1:]:
+            assert sum((a, r, b) in w.heldout_relation for r in w.relations) == 2
+    other = ToyWorld(w.cfg.model_copy(update={"seed": 1 - seed}))
+    assert other.heldout_relation != w.heldout_relation and other.heldout_color_class != w.heldout_color_class
+
+
+def test_scenes_never_show_an_unstated_heldout_composition():
+    # two unrelated objects in a 2x2 grid often sit side by side or diagonally, which GenEval's position rule
+    # reads as a relation: the teacher must redraw placements that would show a held-out one
+    w = ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, layout="grid", pose="fixed", heldout_fraction=0.5))
+    free = ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, heldout_fraction=0.5))
+    (a, rel, b) = sorted(w.heldout_relation)[0]
+    spec = {"include": [{"class": a, "count": 1}, {"class": b, "count": 1}]}
+    for world in (w, free):
+        shown = set()
+        for seed in range(200):
+            objs = world.objects(spec, 32, seed)
+            comps = world.shown_compositions(objs)
+            assert not any(world.is_heldout_composition(c) for c in comps)
+            shown |= comps
+        assert any(c[0] == "relation" for c in shown)  # relations are shown, just not held-out ones
+    # a spec that states the held-out relation is drawn as stated (the held-out GenEval prompts)
+    stated = {"include": [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [rel, 0]}]}
+    assert ("relation", a, rel, b) in w.shown_compositions(w.objects(stated, 32, 0))
+    # and the object boxes are those render_with_objects reports
+    assert w.objects(spec, 32, 5) == w.render_with_objects(spec, 32, 5)[1]

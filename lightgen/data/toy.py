@@ -30,15 +30,22 @@ from lightgen.data import store
 from lightgen.world.captions import CaptionGenerator, Knobs
 from lightgen.world.toy import ToyWorld
 
-FORMAT_VERSION = 1
+# 2: the GenEval-phrased share states no density attributes (colourless captions at every density), and the
+# world's held-out draw is rule 2 (balanced, inverse-closed relations, scenes that never show a held-out one)
+FORMAT_VERSION = 2
 WORLD_KEYS = ("kind", "seed", "n_classes", "n_colors", "max_objects", "n_relations", "n_backgrounds",
               "heldout_fraction")
 
 
 def world_identity(world_cfg: Any) -> dict:
     """What a toy world's renders depend on; the layout and pose only when they are not the defaults (so
-    caches of worlds made before those knobs keep their identity)."""
+    caches of worlds made before those knobs keep their identity), the held-out rule only when something is
+    held out (with nothing held out the renders do not depend on it)."""
+    from lightgen.world.toy import HELDOUT_RULE
+
     ident = {k: getattr(world_cfg, k) for k in WORLD_KEYS}
+    if float(world_cfg.heldout_fraction) > 0:
+        ident["heldout_rule"] = HELDOUT_RULE
     if getattr(world_cfg, "layout", "free") != "free":
         ident.update(layout=world_cfg.layout, grid_cells=world_cfg.grid_cells)
     if getattr(world_cfg, "pose", "varied") != "varied":

@@ -20,7 +20,9 @@ Why three knobs: the study asks whether caption *diversity* matters more than da
 * **density** (c) ∈ [0, 1] — how many attributes a caption states beyond what its task needs: each
   clause without a colour gets one stated with probability ``density``, and a two-object scene gets a
   stated spatial relation with probability ``density / 2``.  Stated attributes go into the spec, so the
-  teacher renders them: the caption always describes the image.
+  teacher renders them: the caption always describes the image.  Density applies to the non-GenEval
+  phrasings only: the :data:`GENEVAL_SHARE` of captions in GenEval's literal phrasing state exactly what
+  their task asks, so colourless captions ("a photo of two stars") exist at every density.
 
 One normalised ``data.caption_diversity`` D ∈ [0, 1] sets all three: ``coverage = 0.05 + 0.95·D``,
 ``variety = D``, ``density = D``; ``data.coverage/variety/density`` override each one.
@@ -28,7 +30,9 @@ One normalised ``data.caption_diversity`` D ∈ [0, 1] sets all three: ``coverag
 Invariants at every knob setting:
 * The task mix is GenEval's six tasks in equal shares (single_object, two_object, counting, colors,
   position, color_attr); classes and colours are drawn uniformly from the allowed lists.
-* Global held-out compositions (``world.is_heldout``) never appear.
+* Global held-out compositions (``world.is_heldout``) are never stated, in any wording (held-out relation
+  triples come with their inverses, so "B right of A" never states a held-out "A left of B"), and never
+  shown: the teacher rejects placements whose geometry would show one (``ToyWorld._place``).
 * A fixed share :data:`GENEVAL_SHARE` of captions uses GenEval's literal prompt ("a photo of …"), so
   linguistic variety never changes how often the test phrasing is seen.
 * Item ``i`` depends only on (world, knobs, stream seed, i): a dataset of N items is the first N items of
@@ -48,7 +52,7 @@ import numpy as np
 
 from lightgen.geneval.tasks import TASKS
 from lightgen.world.grammar import NUMBER_WORDS, TEMPLATE_WORDS  # noqa: F401 - the grammar's words
-from lightgen.world.toy import PLURALS, ToyWorld
+from lightgen.world.toy import INVERSE, PLURALS, ToyWorld  # noqa: F401 - INVERSE re-exported
 
 GENEVAL_SHARE = 0.2  # share of captions in GenEval's literal "a photo of …" phrasing, at every level
 
@@ -61,7 +65,6 @@ TEMPLATES: tuple[str, ...] = (
 CLASS_SYNONYMS = {"circle": ("disc", "discs"), "diamond": ("rhombus", "rhombuses"), "ring": ("donut", "donuts"),
                   "cross": ("plus", "pluses"), "ellipse": ("oval", "ovals"), "crescent": ("moon", "moons")}
 # Paraphrases of "A rel B": (phrase, swap) — swap=True means the phrase names B first ("B right of A").
-INVERSE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 REL_PARAPHRASES = {
     "left of": ("{a} left of {b}", "{b} right of {a}", "{a} to the left of {b}", "{b} with {a} to its left side"),
     "right of": ("{a} right of {b}", "{b} left of {a}", "{a} to the right of {b}", "{b} with {a} to its right side"),
@@ -184,8 +187,9 @@ class CaptionGenerator:
         self.n_allowed = len(self.color_pairs) + len(self.count_pairs) + len(self.relation_triples)
 
     # ---- specs -----------------------------------------------------------------------------
-    def _spec(self, rng: random.Random) -> dict:
-        w, den = self.world, self.knobs.density
+    def _spec(self, rng: random.Random, den: float | None = None) -> dict:
+        w = self.world
+        den = self.knobs.density if den is None else den
         task = self.tasks[rng.randrange(len(self.tasks))]
         pick = lambda seq: seq[rng.randrange(len(seq))]  # noqa: E731
         if task == "single_object":
@@ -253,8 +257,12 @@ class CaptionGenerator:
         """GenEval's literal phrasing of a spec ("a photo of a red circle left of a star")."""
         return geneval_prompt(spec)
 
-    def caption(self, spec: dict, rng: random.Random) -> str:
-        if rng.random() < GENEVAL_SHARE:
+    def caption(self, spec: dict, rng: random.Random, geneval: bool | None = None) -> str:
+        """A caption of ``spec``: GenEval's literal phrasing when ``geneval`` (drawn with probability
+        :data:`GENEVAL_SHARE` when None), else a template and paraphrases at the variety knob."""
+        if geneval is None:
+            geneval = rng.random() < GENEVAL_SHARE
+        if geneval:
             return self.geneval_prompt(spec)
         s = self._scene(spec, rng)
         t = TEMPLATES[rng.randrange(self.n_templates)]
@@ -265,13 +273,16 @@ class CaptionGenerator:
     def item(self, i: int) -> tuple[dict, str]:
         """The i-th (spec, caption) of the stream; its spec carries the caption as ``prompt``."""
         rng = random.Random(_item_seed(self.seed, i, 0x5EED))
+        # The phrasing is drawn first: a GenEval-phrased item states only what its task asks (density adds
+        # nothing), so colourless captions in GenEval's phrasing exist at every density (review T6).
+        geneval = rng.random() < GENEVAL_SHARE
         for _ in range(100):
-            spec = self._spec(rng)
+            spec = self._spec(rng, 0.0 if geneval else None)
             if not self.world.is_heldout(spec):
                 break
         else:  # pragma: no cover - only reachable with a pathological world
             raise RuntimeError("could not draw a non-held-out composition")
-        cap = self.caption(spec, rng)
+        cap = self.caption(spec, rng, geneval)
         spec["prompt"] = cap
         return spec, cap
 

@@ -12,9 +12,11 @@ keeping GenEval's structure: object classes, 10 colours, counts, and four spatia
   positions that pass GenEval's box-centre rule with a wide margin.  Objects never overlap.
 * Rendering is fast because silhouettes are pre-rasterised (anti-aliased by 4×4 supersampling) once
   per (class, pixel size, rotation level) and then alpha-stamped into the canvas with numpy slices.
-* Held-out compositions (global, fixed by ``world.seed`` only, independent of every data knob): a
-  seeded ``heldout_fraction`` of (colour, class) pairs, of (class, count≥2) pairs and of
-  (classA, relation, classB) triples.  ``is_heldout(spec)`` is True when a spec uses any of them.
+* Held-out compositions (global, fixed by ``world.seed`` only, independent of every data knob; see
+  ``ToyWorld._make_heldout``): a balanced seeded ``heldout_fraction`` of (colour, class) pairs, of
+  (class, count≥2) pairs and of (classA, relation, classB) triples, each triple with its inverse.
+  ``is_heldout(spec)`` is True when a spec uses any of them.  No image shows an unstated held-out
+  composition: placements that would (by GenEval's position rule) are redrawn (``ToyWorld._place``).
 
 Boxes returned by :meth:`ToyWorld.render_with_objects` are ``[x0, y0, x1, y1]`` in pixels, ``x1``/``y1``
 exclusive (numpy slice convention), covering the pixels whose coverage is ≥ 0.5.
@@ -55,6 +57,10 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
 
 # GenEval's threshold in its relative-position rule (see relation_holds).
 POSITION_THRESHOLD = 0.1
+#: Version of the held-out draw (the world's identity carries it: caches of an older draw are not reused)
+HELDOUT_RULE = 2
+MAX_REDRAWS = 200  # placements tried before a scene is declared impossible (never reached: see _make_heldout)
+INVERSE: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 N_ROTATIONS = 7
 MAX_ROTATION_DEG = 30.0
 
@@ -200,6 +206,46 @@ def _edges(res: int, g: int) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------
 # The world
 # --------------------------------------------------------------------------------------------------
+def close_inverses(comps: Iterable[Sequence], relations: Iterable[str] = ALL_RELATIONS) -> set[tuple]:
+    """Compositions with every relation's inverse added ("A left of B" is also "B right of A")."""
+    rels = set(relations)
+    out = {tuple(c) for c in comps}
+    out.update(("relation", c[3], INVERSE[c[2]], c[1]) for c in list(out)
+               if c[0] == "relation" and INVERSE[c[2]] in rels)
+    return out
+
+
+def _balanced_cells(rows: list[Any], cols: list[Any], fraction: float, rng: np.random.Generator,
+                    max_row: int, max_col: int) -> set[tuple[Any, Any]]:
+    """A seeded ``fraction`` of the (row, col) cells with balanced margins: every row holds the same number
+    of cells (±1, at most ``max_row``) and every column too (±1, at most ``max_col``).
+
+    Built as consecutive blocks around a seeded column order (which balances both margins), then shuffled by
+    random 2×2 swaps that keep every margin, so the pattern is random but the margins stay exact.
+    """
+    if not rows or not cols:
+        return set()
+    k = int(math.floor(fraction * len(rows) * len(cols) + 0.5))
+    k = min(k, len(rows) * max(0, max_row), len(cols) * max(0, max_col))
+    if k <= 0:
+        return set()
+    m = np.zeros((len(rows), len(cols)), dtype=bool)
+    base, extra = divmod(k, len(rows))
+    rp, cp = rng.permutation(len(rows)), rng.permutation(len(cols))
+    pos = 0
+    for n, r in enumerate(rp):
+        for _ in range(base + (n < extra)):
+            m[r, cp[pos % len(cols)]] = True
+            pos += 1
+    for _ in range(50 * m.size):  # margin-preserving swaps: a random matrix with these margins
+        r1, r2 = rng.choice(len(rows), 2, replace=False) if len(rows) > 1 else (0, 0)
+        c1, c2 = rng.choice(len(cols), 2, replace=False) if len(cols) > 1 else (0, 0)
+        if m[r1, c1] and m[r2, c2] and not m[r1, c2] and not m[r2, c1]:
+            m[r1, c1] = m[r2, c2] = False
+            m[r1, c2] = m[r2, c1] = True
+    return {(rows[r], cols[c]) for r, c in zip(*np.nonzero(m))}
+
+
 class ToyWorld:
     """Classes, colours, relations, held-out compositions and the teacher renderer of the toy world.
 
@@ -232,31 +278,61 @@ class ToyWorld:
         self._make_heldout()
 
     # ---- held-out compositions -----------------------------------------------------------------
-    def _pick(self, items: list[Any], salt: int) -> set[Any]:
-        """A seeded ``heldout_fraction`` of ``items`` (rounded), chosen by ``world.seed`` only."""
-        k = int(round(self.heldout_fraction * len(items)))
-        if k == 0 or not items:
-            return set()
-        rng = np.random.default_rng([self.seed, salt])
-        idx = rng.choice(len(items), size=k, replace=False)
-        return {items[i] for i in idx}
-
     def _make_heldout(self) -> None:
-        # Colour/class pairs: keep ≥ 2 trainable colours per class so "random colour" always works.
-        pairs = [(col, cls) for cls in self.classes for col in self.colors]
-        held = self._pick(pairs, 1)
-        for cls in self.classes:
-            mine = sorted(p for p in held if p[1] == cls)
-            while len(self.colors) - len(mine) < 2 and mine:
-                held.discard(mine.pop())
-        self.heldout_color_class: frozenset[tuple[str, str]] = frozenset(held)
-        counts = [(cls, n) for cls in self.classes for n in self.counts if n >= 2]
-        self.heldout_class_count: frozenset[tuple[str, int]] = frozenset(self._pick(counts, 2))
-        triples = [(a, r, b) for a in self.classes for r in self.relations for b in self.classes if a != b]
-        self.heldout_relation: frozenset[tuple[str, str, str]] = frozenset(self._pick(triples, 3))
+        """The global held-out draw (fixed by ``world.seed``; rule version :data:`HELDOUT_RULE`).
+
+        * (colour, class) pairs: ``round(f · classes · colours)`` pairs with balanced margins: every class
+          holds out the same number of colours (±1) and every colour is held out for the same number of
+          classes (±1), so every class keeps ≥ 2 trainable colours and every colour ≥ 1 trainable class, and
+          held-out and trainable prompts have the same class mix (the CLEVR-CoGenT design, seeded).
+        * (class, count ≥ 2) pairs: the same balanced draw over classes × counts (every class keeps a
+          trainable count when the world has two or more counts ≥ 2).
+        * (A, relation, B) triples are held out *with their inverses* ("A left of B" is the scene "B right of
+          A"): ``round(f · units)`` inverse units, spread evenly over the unordered class pairs and at most
+          half of any pair's units, so every two-object scene still has a placement that shows no held-out
+          relation (the teacher rejects placements that would, see :meth:`_draw`).
+        """
+        f = self.heldout_fraction
+        rng = np.random.default_rng([self.seed, HELDOUT_RULE])
+        M = len(self.colors)
+        held = _balanced_cells(self.classes, self.colors, f, rng, max_row=max(0, M - 2),
+                               max_col=max(0, len(self.classes) - 1))
+        self.heldout_color_class: frozenset[tuple[str, str]] = frozenset((col, cls) for cls, col in held)
+        counts = [n for n in self.counts if n >= 2]
+        self.heldout_class_count: frozenset[tuple[str, int]] = frozenset(_balanced_cells(
+            self.classes, counts, f, rng, max_row=len(counts) - 1 if len(counts) >= 2 else len(counts),
+            max_col=max(0, len(self.classes) - 1)))
+        self.heldout_relation: frozenset[tuple[str, str, str]] = frozenset(self._relation_units(f, rng))
         self._trainable_colors = {
             cls: [c for c in self.colors if (c, cls) not in self.heldout_color_class] for cls in self.classes
         }
+        self._any_heldout = bool(self.heldout_color_class or self.heldout_class_count or self.heldout_relation)
+
+    def _relation_units(self, f: float, rng: np.random.Generator) -> set[tuple[str, str, str]]:
+        rels = set(self.relations)
+        pairs = [(a, b) for i, a in enumerate(self.classes) for b in self.classes[i + 1:]]
+        units_of: dict[tuple[str, str], list[frozenset]] = {}
+        for a, b in pairs:
+            units: list[frozenset] = []
+            for r in self.relations:
+                for x, y in ((a, b), (b, a)):
+                    unit = frozenset(t for t in ((x, r, y), (y, INVERSE[r], x)) if t[1] in rels)
+                    if unit not in units:
+                        units.append(unit)
+            units_of[(a, b)] = units
+        total = sum(len(u) for u in units_of.values())
+        k = int(math.floor(f * total + 0.5))
+        if k == 0:
+            return set()
+        order = [pairs[i] for i in rng.permutation(len(pairs))]
+        base, extra = divmod(k, len(pairs))
+        out: set[tuple[str, str, str]] = set()
+        for n, pair in enumerate(order):
+            units = units_of[pair]
+            want = min(base + (n < extra), len(units) // 2)
+            for i in rng.permutation(len(units))[:want]:
+                out |= units[i]
+        return out
 
     def trainable_colors(self, cls: str) -> list[str]:
         """Colours that class ``cls`` may show in training images."""
@@ -276,17 +352,59 @@ class ToyWorld:
                 out.append(("relation", cl["class"], rel, inc[int(j)]["class"]))
         return out
 
+    def stated_compositions(self, spec: dict) -> set[tuple]:
+        """What a spec (and so its caption) states, relations with their inverses ("A left of B" states
+        "B right of A" too)."""
+        return close_inverses(self.compositions(spec), self.relations)
+
+    def shown_compositions(self, objects: Sequence[dict]) -> set[tuple]:
+        """What an image shows, from its objects (``render_with_objects``): every object's (colour, class),
+        every class's count when ≥ 2, and every relation between two objects of different classes that
+        GenEval's position rule (:func:`lightgen.geneval.rules.relative_position`) reads from their boxes."""
+        from lightgen.geneval.rules import relative_position
+
+        out: set[tuple] = set()
+        n_of: dict[str, int] = {}
+        for o in objects:
+            out.add(("color", o["color"], o["class"]))
+            n_of[o["class"]] = n_of.get(o["class"], 0) + 1
+        out.update(("count", c, n) for c, n in n_of.items() if n >= 2)
+        rels = set(self.relations)
+        for i, a in enumerate(objects):
+            for j, b in enumerate(objects):
+                if i != j and a["class"] != b["class"]:
+                    out.update(("relation", a["class"], r, b["class"])
+                               for r in relative_position(a["box"], b["box"]) if r in rels)
+        return out
+
+    def is_heldout_composition(self, comp: Sequence) -> bool:
+        """True for a globally held-out ("color", col, cls), ("count", cls, n) or ("relation", a, rel, b)."""
+        kind = comp[0]
+        if kind == "color":
+            return (comp[1], comp[2]) in self.heldout_color_class
+        if kind == "count":
+            return (comp[1], comp[2]) in self.heldout_class_count
+        if kind == "relation":
+            return tuple(comp[1:]) in self.heldout_relation
+        return False
+
     def is_heldout(self, spec: dict) -> bool:
         """True when the spec uses any globally held-out composition (never seen in training)."""
-        for comp in self.compositions(spec):
-            kind = comp[0]
-            if kind == "color" and (comp[1], comp[2]) in self.heldout_color_class:
-                return True
-            if kind == "count" and (comp[1], comp[2]) in self.heldout_class_count:
-                return True
-            if kind == "relation" and comp[1:] in self.heldout_relation:
-                return True
-        return False
+        return any(self.is_heldout_composition(c) for c in self.compositions(spec))
+
+    def heldout_compositions(self) -> set[tuple]:
+        """Every globally held-out composition, in the ``compositions`` format."""
+        return ({("color", c, k) for c, k in self.heldout_color_class}
+                | {("count", k, n) for k, n in self.heldout_class_count}
+                | {("relation", *t) for t in self.heldout_relation})
+
+    def trainable_compositions(self) -> set[tuple]:
+        """Every composition a training item may state and show (the world's compositions minus the held out)."""
+        counts = [n for n in self.counts if n >= 2]
+        every = ({("color", c, k) for k in self.classes for c in self.colors}
+                 | {("count", k, n) for k in self.classes for n in counts}
+                 | {("relation", a, r, b) for a in self.classes for r in self.relations for b in self.classes if a != b})
+        return every - self.heldout_compositions()
 
     # ---- vocabulary ----------------------------------------------------------------------------
     def vocabulary(self) -> list[str]:
@@ -423,18 +541,47 @@ class ToyWorld:
             raise UserError(f"resolution must be an integer in 16..1024 (toy world: 32–256 typical), got {resolution!r}")
         return int(resolution)
 
+    def _place(self, spec: dict, res: int, seed: int) -> tuple[tuple[int, int, int], list[tuple]]:
+        """Background and objects (class, colour, x0, y0, size, rot, box) of one image.
+
+        Placements that would *show* a globally held-out composition the spec does not state (e.g. two
+        objects whose boxes put A left of B by GenEval's rule when (A, left of, B) is held out) are rejected
+        and redrawn from a derived stream, so no training image shows a held-out composition; the first draw
+        is kept whenever it is fine, so such worlds' other renders do not change.
+        """
+        stated = None
+        for attempt in range(MAX_REDRAWS):
+            gen = np.random.default_rng(int(seed) if attempt == 0 else [int(seed), attempt])
+            u = gen.random(_N_UNIFORMS).tolist()
+            bg = self.backgrounds[min(int(u[-1] * len(self.backgrounds)), len(self.backgrounds) - 1)]
+            objs = []
+            for cls, col, x0, y0, s, rot in self._layout(spec, res, u):
+                bx0, by0, bx1, by1 = silhouette(cls, s, rot)[1]
+                objs.append((cls, col, x0, y0, s, rot, [x0 + bx0, y0 + by0, x0 + bx1, y0 + by1]))
+            if not self._any_heldout:
+                return bg, objs
+            if stated is None:
+                stated = self.stated_compositions(spec)
+            shown = self.shown_compositions([{"class": o[0], "color": o[1], "box": o[6]} for o in objs])
+            if not any(self.is_heldout_composition(c) for c in shown - stated):
+                return bg, objs
+        raise RuntimeError(f"no placement of {spec.get('prompt', spec)!r} avoids showing a held-out composition")
+
     def _draw(self, canvas: np.ndarray, spec: dict, res: int, seed: int) -> list[dict]:
-        u = np.random.default_rng(int(seed)).random(_N_UNIFORMS).tolist()
-        bg = self.backgrounds[min(int(u[-1] * len(self.backgrounds)), len(self.backgrounds) - 1)]
-        objs = self._layout(spec, res, u)
+        bg, objs = self._place(spec, res, seed)
         canvas[...] = bg
         out = []
-        for cls, col, x0, y0, s, rot in objs:
-            alpha, (bx0, by0, bx1, by1) = silhouette(cls, s, rot)
+        for cls, col, x0, y0, s, rot, box in objs:
+            alpha = silhouette(cls, s, rot)[0]
             region = canvas[y0 : y0 + s, x0 : x0 + s]
             region += alpha * (self._colors_np[col] - region)
-            out.append({"class": cls, "color": col, "box": [x0 + bx0, y0 + by0, x0 + bx1, y0 + by1]})
+            out.append({"class": cls, "color": col, "box": box})
         return out
+
+    def objects(self, spec: dict, resolution: int, seed: int) -> list[dict]:
+        """The objects ``render_with_objects`` would draw (class, colour, box), without drawing them."""
+        return [{"class": o[0], "color": o[1], "box": o[6]}
+                for o in self._place(spec, self._check_resolution(resolution), seed)[1]]
 
     def render(self, specs: Sequence[dict], resolution: int, seeds: Iterable[int]) -> np.ndarray:
         """Render specs to ``uint8 [N, H, W, 3]``; image i depends only on (specs[i], resolution, seeds[i])."""
