@@ -7,7 +7,7 @@ Naming, in one place:
 
 * experiments (:func:`experiment_name`): ``lightgen/<sweep>`` for a sweep's runs; otherwise
   ``tracking.experiment`` or ``lightgen/train`` (pre-training) / ``lightgen/dpo`` (DPO and SFT);
-* metrics: ``data/…`` (the dataset's measured diversity, step 0), ``train/…`` or ``dpo/…`` (the trainer),
+* metrics: ``data/…`` (the dataset's measured diversity and composition numbers, step 0), ``train/…`` or ``dpo/…`` (the trainer),
   ``geneval/…`` (the trained model: at the end, and at each ``eval.checkpoints`` fraction along training),
   ``geneval_before/…`` (a DPO/SFT run's base model, step 0), ``compute/wall_seconds``;
 * artifacts: ``data/manifest.json``, ``geneval/results.jsonl`` (``geneval_before/results.jsonl``),
@@ -104,6 +104,8 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
     ds = None if (mode == "dpo" and cfg.dpo.pairs) else get_dataset(cfg, progress=progress)
     if ds is not None:
         log_dataset(tracker, ds, cfg)
+    # the run's own compositions (stated and shown by its items): each toy prompt's intrain/novel split
+    train_comps = ds.train_compositions() if hasattr(ds, "train_compositions") else None
     eval_root = layout.geneval_dir(cfg, tracker.run_id)
     evaluating = geneval and cfg.eval.enabled
     summaries: dict[int, dict[str, float]] = {}
@@ -116,7 +118,7 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
             raise ValueError("dpo mode needs a base checkpoint")
         if evaluating:
             before = evaluate(cfg, world, load_base_sampler(base, cfg), eval_root / "before", tracker, 0,
-                              prefix="geneval_before")
+                              prefix="geneval_before", train=train_comps)
         result = dpo_train(cfg, base, ds, ckpt_dir, tracker=tracker)  # its bar follows the terminal
     else:
         from lightgen.train.pretrain import train
@@ -124,14 +126,15 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
         hook = None
         if geneval and (mode == "iterations" or cfg.eval.checkpoints != [1.0]):
             def hook(step: int, sampler: Callable) -> None:
-                summaries[step] = evaluate(cfg, world, sampler, eval_root / f"step{step:07d}", tracker, step)
+                summaries[step] = evaluate(cfg, world, sampler, eval_root / f"step{step:07d}", tracker, step,
+                                           train=train_comps)
                 log_sample_grid(cfg, world, sampler, tracker, step)
 
         result = train(cfg, ds, ckpt_dir, tracker=tracker, eval_hook=hook)
     if result.step in summaries:
         final = summaries[result.step]
     elif evaluating:
-        final = evaluate(cfg, world, result.sampler, eval_root / "final", tracker, result.step)
+        final = evaluate(cfg, world, result.sampler, eval_root / "final", tracker, result.step, train=train_comps)
     else:
         final = {}
     if result.step not in summaries:
@@ -144,8 +147,11 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
 
 
 def log_dataset(tracker: Tracker, ds: Any, cfg: ExperimentConfig) -> None:
-    """Measured diversity as data/… metrics, the manifest as an artifact and an MLflow dataset input."""
-    tracker.log_metrics({f"data/{k}": float(v) for k, v in ds.diversity.items() if _finite(v)}, step=0)
+    """Measured diversity and the composition numbers (realised coverage, repetition, colourless share, colours
+    per caption, held-out leaks: :mod:`lightgen.data.compositions`) as data/… metrics, the manifest as an
+    artifact and an MLflow dataset input."""
+    numbers = {**ds.diversity, **(ds.composition_metrics() if hasattr(ds, "composition_metrics") else {})}
+    tracker.log_metrics({f"data/{k}": float(v) for k, v in numbers.items() if _finite(v)}, step=0)
     tracker.log_dict(ds.manifest, "data/manifest.json")
     name = f"{cfg.world.kind}-{cfg.data.scale_label}-div{cfg.data.caption_diversity}-s{cfg.data.seed}"
     tracker.log_dataset_input(name, digest=ds.manifest_hash[:36],
@@ -174,12 +180,14 @@ def _detector(cfg: ExperimentConfig, world: Any) -> Any:
 
 
 def evaluate(cfg: ExperimentConfig, world: Any, sampler: Callable, out_dir: Path, tracker: Tracker | None,
-             step: int, prefix: str = "geneval") -> dict[str, float]:
+             step: int, prefix: str = "geneval", train: Any = None) -> dict[str, float]:
     """GenEval with the run's sampler; metrics logged at ``step`` under ``prefix``; results.jsonl as an
-    artifact ``<prefix>/results.jsonl`` (the per-prompt record paired tests are built on)."""
+    artifact ``<prefix>/results.jsonl`` (the per-prompt record paired tests are built on). ``train``: the
+    run's own composition set (each toy prompt's split)."""
     from lightgen.geneval.evaluate import run_geneval
 
-    summary, _ = run_geneval(cfg, world, sampler, out_dir, detector=_detector(cfg, world), save_images=False)
+    summary, _ = run_geneval(cfg, world, sampler, out_dir, detector=_detector(cfg, world), save_images=False,
+                             train=train)
     if prefix != "geneval":
         summary = {k.replace("geneval", prefix, 1): v for k, v in summary.items()}
     if tracker is not None:

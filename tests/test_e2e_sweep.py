@@ -53,9 +53,9 @@ def test_toy_sweep_end_to_end_with_tracking_contract_and_tables(tmp_path):
     row = trials.iloc[0]
     tasks = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
     for key in ([f"metrics.geneval/{t}" for t in tasks] + ["metrics.geneval/overall", "metrics.geneval/overall_ci_low",
-                "metrics.geneval/overall_ci_high", "metrics.geneval_seen/overall", "metrics.compute/samples_seen",
+                "metrics.geneval/overall_ci_high", "metrics.geneval_intrain/overall", "metrics.geneval_heldout/n_prompts", "metrics.compute/samples_seen",
                 "metrics.compute/epochs", "metrics.compute/train_flops", "metrics.compute/device_hours",
-                "metrics.data/distinct_2", "metrics.data/vendi_caption", "metrics.data/realised_coverage",
+                "metrics.data/distinct_2", "metrics.data/vendi_caption", "metrics.data/realised_coverage", "metrics.data/trainable_coverage", "metrics.data/heldout_leaks",
                 "metrics.train/loss"]):
         assert key in runs.columns and row[key] == row[key], key  # present and not NaN
     assert 0.0 <= row["metrics.geneval/overall"] <= 1.0
@@ -112,4 +112,4 @@ def test_real_world_sweep_on_tiny_random_components(tmp_path):
     assert set(trials["tags.lightgen.world"]) == {"real"}
     assert sorted(trials["params.data.actual_size"].astype(int)) == [50, 100]
     assert trials["metrics.geneval/overall"].between(0, 1).all()
-    assert "metrics.geneval_seen/overall" not in runs.columns or trials["metrics.geneval_seen/overall"].isna().all()
+    assert "metrics.geneval_intrain/overall" not in runs.columns or trials["metrics.geneval_intrain/overall"].isna().all()

@@ -15,10 +15,10 @@ from lightgen.world.toy import ToyWorld
 runner = CliRunner()
 
 
-def row(tag, prompt_id, correct, seen=None):
+def row(tag, prompt_id, correct, split=None):
     meta = {"tag": tag, "prompt": f"p{prompt_id}", "include": [{"class": "x", "count": 1}]}
-    if seen is not None:
-        meta["seen"] = seen
+    if split is not None:
+        meta["split"] = split
     return {"filename": "", "tag": tag, "prompt": meta["prompt"], "correct": correct, "reason": "",
             "metadata": json.dumps(meta), "details": "{}"}
 
@@ -34,21 +34,29 @@ def test_summary_numbers_as_geneval_reports_them():
     assert s["geneval/overall"] == pytest.approx(0.5625)                       # unweighted mean of tasks
     assert s["geneval/correct_images"] == pytest.approx(5 / 12)                # mean over images
     assert s["geneval/correct_prompts"] == pytest.approx(2 / 3)                # any correct image
-    assert not any(k.startswith("geneval_seen") for k in s)
+    assert not any(k.startswith(("geneval_intrain", "geneval_novel", "geneval_heldout", "geneval_seen")) for k in s)
     assert np.isnan(s["geneval/overall_ci_low"])
 
 
-def test_bootstrap_ci_and_seen_unseen():
+def test_bootstrap_ci_and_splits():
     rng = np.random.default_rng(0)
-    rows = [row(t, i, bool(rng.random() < 0.7), seen=bool(i % 3))
+    rows = [row(t, i, bool(rng.random() < 0.7), split=("intrain", "novel", "heldout")[i % 3])
             for t in ("colors", "position") for i in range(40) for _ in range(2)]
     a = summarize(rows, bootstrap=300, seed=1)
     assert a == summarize(rows, bootstrap=300, seed=1)
     assert a["geneval/overall_ci_low"] < a["geneval/overall"] < a["geneval/overall_ci_high"]
     assert 0.05 < a["geneval/overall_ci_high"] - a["geneval/overall_ci_low"] < 0.4
-    seen = [r for r in rows if json.loads(r["metadata"])["seen"]]
-    assert a["geneval_seen/colors"] == pytest.approx(np.mean([r["correct"] for r in seen if r["tag"] == "colors"]))
-    assert {"geneval_seen/overall", "geneval_unseen/overall", "geneval_unseen/position"} <= set(a)
+    def split(r):
+        return json.loads(r["metadata"])["split"]
+
+    for name in ("intrain", "novel", "heldout"):
+        mine = [r for r in rows if split(r) == name]
+        assert a[f"geneval_{name}/colors"] == pytest.approx(np.mean([r["correct"] for r in mine if r["tag"] == "colors"]))
+        assert a[f"geneval_{name}/n_prompts"] == len({(r["tag"], r["prompt"]) for r in mine})
+    # geneval/… is the standard set: every prompt that is not held out
+    std = [r for r in rows if split(r) != "heldout"]
+    assert a["geneval/position"] == pytest.approx(np.mean([r["correct"] for r in std if r["tag"] == "position"]))
+    assert not any("seen" in k for k in a)
 
 
 def test_read_results_errors(tmp_path):
@@ -74,7 +82,10 @@ def test_run_geneval_writes_layout_and_scores(setup, tmp_path):
     cfg, world, _ = setup
     from lightgen.geneval.evaluate import prompt_set
 
-    SPECS = {s["prompt"]: s for s in prompt_set(cfg, world)}  # the teacher renders each prompt exactly
+    every = prompt_set(cfg, world)
+    SPECS = {s["prompt"]: s for s in every}  # the teacher renders each prompt exactly
+    n = len(every)
+    assert n == 18 + sum(s.get("split") == "heldout" for s in every) and n > 18  # standard set + held-out set
     seen_seeds = []
 
     def sampler(prompts, seeds):
@@ -82,12 +93,13 @@ def test_run_geneval_writes_layout_and_scores(setup, tmp_path):
         return world.render([SPECS[p] for p in prompts], cfg.data.resolution, seeds)
 
     summary, results = run_geneval(cfg, world, sampler, tmp_path / "gv")
-    assert len(results) == 18 * 2 and summary["geneval/overall"] >= 0.97
-    assert sorted(seen_seeds) == list(range(36))
+    assert len(results) == n * 2 and summary["geneval/overall"] >= 0.97
+    assert summary["geneval_heldout/overall"] >= 0.9 and summary["geneval_heldout/n_prompts"] == n - 18
+    assert sorted(seen_seeds) == list(range(2 * n))
     metas, paths = read_folder(tmp_path / "gv")
-    assert len(metas) == 18 and all(len(p) == 2 for p in paths) and paths[0][0].endswith("00000/samples/0000.png")
+    assert len(metas) == n and all(len(p) == 2 for p in paths) and paths[0][0].endswith("00000/samples/0000.png")
     assert json.loads((tmp_path / "gv" / "summary.json").read_text()) == summary
-    assert len(read_results(tmp_path / "gv" / "results.jsonl")) == 36
+    assert len(read_results(tmp_path / "gv" / "results.jsonl")) == 2 * n
 
     # CLI evaluate on the folder reproduces the in-memory scores; summary prints GenEval's table
     out = tmp_path / "res.jsonl"
@@ -118,7 +130,10 @@ def test_cli_prompts_toy_and_errors(setup, tmp_path):
     r = runner.invoke(app, ["geneval", "prompts", "--set", "toy", "--out", str(tmp_path), "-o", "eval.n_prompts=5"])
     assert r.exit_code == 0, r.output
     lines = (tmp_path / "evaluation_metadata.jsonl").read_text().splitlines()
-    assert len(lines) == 30 and all("seen" in json.loads(x) for x in lines)
+    metas = [json.loads(x) for x in lines]
+    assert len([m for m in metas if m.get("split") != "heldout"]) == 30 and not any("seen" in m for m in metas)
+    held = [m for m in metas if m.get("split") == "heldout"]
+    assert held and all(world.is_heldout(m) for m in held)
     r = runner.invoke(app, ["geneval", "evaluate", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "GenEval folder not found" in r.output
     bad = tmp_path / "bad" / "00000"
@@ -170,9 +185,10 @@ def test_cli_sample_writes_official_layout(setup, tmp_path, monkeypatch):
                             "--images-per-prompt", "3", "--seed", "1"])
     assert r.exit_code == 0, r.output
     metas, paths = read_folder(out)
-    assert len(metas) == 18 and all(len(p) == 3 for p in paths)
+    n = len(specs)  # the standard set (18) and the held-out set
+    assert len(metas) == n and all(len(p) == 3 for p in paths)
     assert metas[0] == json.loads((out / "evaluation_metadata.jsonl").read_text().splitlines()[0])
-    assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(54)]
+    assert sorted(s for c in calls for s in c) == [1_000_003 + k for k in range(3 * n)]
     r = runner.invoke(app, ["geneval", "sample", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
     assert r.exit_code == 2 and "checkpoint not found" in r.output
     r = runner.invoke(app, ["geneval", "sample", "--out", str(out)])

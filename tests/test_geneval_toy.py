@@ -44,7 +44,7 @@ def test_toy_prompts_seeded_and_flagged(world):
     assert [tags.count(t) for t in TASKS] == [8] * 6
     assert len({json.dumps(s, sort_keys=True) for s in a}) == len(a)  # 8 per task: all distinct
     for s in a:
-        assert s["seen"] is (not world.is_heldout(s))
+        assert not world.is_heldout(s) and "seen" not in s  # the standard set: trainable compositions only
         world.validate_spec(s)  # every prompt is renderable by the teacher
         for cl in s["include"]:
             assert cl["class"] in world.classes and cl.get("color", "red") in world.colors
@@ -55,9 +55,6 @@ def test_toy_prompts_seeded_and_flagged(world):
     examples = {s["prompt"] for s in toy_prompts(world, 40, seed=0)}
     assert any(p.startswith("a photo of three ") for p in examples)
     assert any(" left of a" in p for p in examples)
-    # over a larger set both seen and unseen prompts occur (held-out compositions exist)
-    flags = {s["seen"] for s in toy_prompts(world, 40, seed=0)}
-    assert flags == {True, False}
     # 12 classes give only 12 distinct single-object prompts: they are repeated to fill the task
     singles = [s for s in toy_prompts(world, 20, seed=0) if s["tag"] == "single_object"]
     assert len(singles) == 20 and len({s["prompt"] for s in singles}) == len(world.classes)
@@ -85,7 +82,7 @@ def test_teacher_renders_score_high_and_shuffled_collapse(world, detector):
     s = summarize(evaluate_images(imgs, specs, detector), bootstrap=100, seed=0)
     assert s["geneval/overall"] >= 0.97
     assert s["geneval/overall_ci_low"] <= s["geneval/overall"] <= s["geneval/overall_ci_high"]
-    assert "geneval_seen/overall" in s
+    assert not any("seen" in k for k in s)
     perm = np.random.default_rng(0).permutation(len(imgs))
     shuffled = summarize(evaluate_images([imgs[p] for p in perm], specs, detector), bootstrap=0)
     assert shuffled["geneval/overall"] < 0.35
@@ -137,3 +134,88 @@ def test_garbled_detector_cache_is_rebuilt(world, tmp_path, capsys):
     X3, _, _ = ToyDetector(world, cache_dir=tmp_path, n_train=120).training_set(RES)
     assert np.array_equal(X, X3)
     ToyDetector(world, cache_dir=tmp_path, n_train=120).training_set(RES)  # the rebuilt cache is readable
+
+
+def _cpu_world(seed=0, fraction=0.5):
+    from lightgen.config import WorldConfig
+
+    return ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, layout="grid", pose="fixed",
+                                heldout_fraction=fraction, seed=seed))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_heldout_prompt_set_enumerates_the_heldout_compositions_matched_by_class(seed):
+    from collections import Counter
+
+    from lightgen.geneval.prompts import toy_heldout_prompts
+
+    w = _cpu_world(seed)
+    held = toy_heldout_prompts(w, 40, seed=seed)
+    assert held == toy_heldout_prompts(w, 40, seed=seed)
+    by_task = {t: [s for s in held if s["tag"] == t] for t in ("counting", "colors", "position", "color_attr")}
+    distinct = {t: len({json.dumps(s, sort_keys=True) for s in v}) for t, v in by_task.items()}
+    # the cpu world has 6 held-out (class, count), 18 (colour, class), 60 triples: all of the first two,
+    # 40 of the others, every one distinct and every one using a held-out composition
+    assert distinct == {"counting": 6, "colors": 18, "position": 40, "color_attr": 40}
+    assert {t: len(v) for t, v in by_task.items()} == distinct
+    assert all(s["split"] == "heldout" and w.is_heldout(s) for s in held)
+    assert {(s["include"][0]["color"], s["include"][0]["class"]) for s in by_task["colors"]} == set(w.heldout_color_class)
+    # matched by class (and count) to the standard set, which comes from the balanced complement
+    std = [s for s in toy_prompts(w, 40, seed=seed)]
+    assert not any(w.is_heldout(s) for s in std)
+    for task in ("counting", "colors"):
+        hc = Counter(s["include"][0]["class"] for s in by_task[task])
+        assert set(hc) == set(w.classes) and len(set(hc.values())) == 1
+        sc = {s["include"][0]["class"] for s in std if s["tag"] == task}
+        assert sc == set(w.classes)
+    assert Counter(s["include"][0]["count"] for s in by_task["counting"]) == {2: 3, 3: 3}
+    assert Counter(s["include"][0]["count"] for s in std if s["tag"] == "counting").keys() == {2, 3}
+    subj = Counter(s["include"][1]["class"] for s in by_task["position"])
+    assert max(subj.values()) - min(subj.values()) <= 1
+
+
+def test_per_run_splits_on_a_hand_built_dataset():
+    """A dataset whose compositions are known item by item: each prompt's split follows from them."""
+    from lightgen.data.compositions import item_compositions, prompt_split, with_splits
+    from lightgen.geneval.prompts import spec_color, spec_color_attr, spec_counting, spec_position, spec_single, spec_two
+
+    w = _cpu_world()
+    tr = {c: w.trainable_colors(c) for c in w.classes}
+    circle_ok, circle_other = tr["circle"][0], tr["circle"][1]
+    n_ok = next(n for n in (2, 3) if ("circle", n) not in w.heldout_class_count)
+    n_held = 5 - n_ok
+    rel = next(r for r in w.relations if ("circle", r, "square") not in w.heldout_relation)
+    rel_held = next(r for r in w.relations if ("circle", r, "square") in w.heldout_relation)
+    inv = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[rel]
+    items = [
+        {"include": [{"class": "circle", "count": 1, "color": circle_ok}]},            # (circle_ok, circle)
+        {"include": [{"class": "circle", "count": n_ok}]},                               # (circle, n_ok)
+        {"include": [{"class": "square", "count": 1}, {"class": "circle", "count": 1, "position": [rel, 0]}]},
+        {"include": [{"class": "square", "count": 1, "color": tr["square"][0]}]},
+    ]
+    train: set = set()
+    for i, spec in enumerate(items):
+        realised, leaked = item_compositions(w, spec, w.objects(spec, 32, i))
+        assert not leaked
+        train |= realised
+    cases = [
+        (spec_single("circle"), "intrain"),
+        (spec_single("star"), "novel"),                              # no star in this data
+        (spec_two("circle", "square"), "intrain"),
+        (spec_color("circle", circle_ok), "intrain"),
+        (spec_color("circle", circle_other), "novel"),               # trainable, never in this data
+        (spec_color("circle", sorted(c for c, k in w.heldout_color_class if k == "circle")[0]), "heldout"),
+        (spec_counting("circle", n_ok), "intrain"),
+        (spec_counting("circle", n_held), "heldout"),
+        (spec_counting("square", n_ok), "heldout" if ("square", n_ok) in w.heldout_class_count else "novel"),
+        (spec_position("circle", "square", rel), "intrain"),
+        (spec_position("square", "circle", inv), "intrain"),          # the same scene, named the other way
+        (spec_position("circle", "square", rel_held), "heldout"),
+        (spec_color_attr("circle", circle_ok, "square", tr["square"][0]), "intrain"),
+        (spec_color_attr("circle", circle_ok, "square", tr["square"][1]), "novel"),
+    ]
+    for spec, want in cases:
+        assert prompt_split(w, spec, frozenset(train)) == want, spec["prompt"]
+    assert [s["split"] for s in with_splits(w, [c for c, _ in cases], frozenset(train))] == [c[1] for c in cases]
+    # without the run's data only the held-out split is known
+    assert [prompt_split(w, c, None) for c, want in cases] == [want if want == "heldout" else None for _, want in cases]

@@ -30,7 +30,7 @@ def prompts(
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help=SET_HELP.replace("--set", "--override")),
 ) -> None:
     """Regenerate GenEval's prompt files (official or toy)."""
-    from lightgen.geneval.prompts import official_prompts, toy_prompts, write_prompt_files
+    from lightgen.geneval.prompts import official_prompts, write_prompt_files
 
     if prompt_set == "official":
         specs = official_prompts()
@@ -39,7 +39,9 @@ def prompts(
         world = _world(cfg)
         if world is None:
             raise UserError("--set toy needs world.kind=toy")
-        specs = toy_prompts(world, cfg.eval.n_prompts or None, seed=cfg.world.seed)
+        from lightgen.geneval.evaluate import prompt_set as get_prompts
+
+        specs = get_prompts(cfg, world)  # the standard set, then the held-out set (split "heldout")
     else:
         raise UserError(f"--set must be 'official' or 'toy', got '{prompt_set}'")
     meta, txt = write_prompt_files(specs, out)

@@ -175,8 +175,46 @@ class ToyDataset(store.ShardedDataset):
         self.manifest = latest
 
     def metrics(self) -> dict[str, float]:
-        """``data/…`` metrics for MLflow."""
-        return {f"data/{k}": float(v) for k, v in self.diversity.items()}
+        """``data/…`` metrics for MLflow: the measured diversity and the composition numbers."""
+        return {f"data/{k}": float(v) for k, v in {**self.diversity, **self.composition_metrics()}.items()}
+
+    # ---- the run's own compositions (lightgen.data.compositions) -----------------------------
+    def _compositions(self) -> dict[str, Any]:
+        if getattr(self, "_comps", None) is None:
+            from lightgen.data import compositions as C
+
+            file = self.path / f"compositions-{self.size}.json" if self.path is not None else None
+            result = C.load(file, self.size) if file is not None else None
+            if result is None:
+                result = C.measure(self.world, self._iter_items(), self.resolution)
+                if file is not None:
+                    try:
+                        C.save(file, self.size, result)
+                    except OSError:  # a read-only cache still works; the set is recomputed next time
+                        pass
+            self._comps = result
+        return self._comps
+
+    def _iter_items(self) -> Any:
+        for entry in self.manifest["shards"]:
+            if entry["start"] >= self.size:
+                break
+            recs = self._reader.records(entry)
+            for r in range(min(len(recs), self.size - entry["start"])):
+                rec = recs[r]
+                yield rec["spec"], rec["caption"], rec["seed"]
+
+    def train_compositions(self) -> frozenset:
+        """Compositions (and ``("class", c)`` atoms) that some item's caption states and its scene shows."""
+        return frozenset(self._compositions()["counts"])
+
+    def composition_counts(self) -> dict[tuple, int]:
+        """Items realising each composition of :meth:`train_compositions`."""
+        return dict(self._compositions()["counts"])
+
+    def composition_metrics(self) -> dict[str, float]:
+        """Realised coverage, repetition, colourless share, colours per caption, held-out leaks."""
+        return dict(self._compositions()["metrics"])
 
 
 def _build(cfg: Any, world: ToyWorld, gen: CaptionGenerator, folder: Path, identity: dict, key: str,

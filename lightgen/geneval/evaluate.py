@@ -182,11 +182,17 @@ def evaluate_folder(folder: str | Path, detector: Any) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------------
 # Sweep entry point
 # --------------------------------------------------------------------------------------------------
-def prompt_set(cfg: Any, world: Any = None) -> list[dict[str, Any]]:
+def prompt_set(cfg: Any, world: Any = None, train: Any = None) -> list[dict[str, Any]]:
     """The configured prompt set: official (553) or toy (``cfg.eval.n_prompts`` per task, fixed by the
-    world seed so every trial in one world is scored on the same prompts)."""
+    world seed so every trial in one world is scored on the same prompts).
+
+    The toy set is the standard set (trainable compositions only) followed by the held-out set
+    (:func:`~lightgen.geneval.prompts.toy_heldout_prompts`); every prompt carries its ``split``
+    (:mod:`lightgen.data.compositions`): ``heldout`` always, ``intrain``/``novel`` when ``train`` (the run's
+    own composition set, ``ToyDataset.train_compositions()``) is given."""
+    from lightgen.data.compositions import with_splits
     from lightgen.errors import UserError
-    from lightgen.geneval.prompts import official_prompts, toy_prompts
+    from lightgen.geneval.prompts import official_prompts, toy_heldout_prompts, toy_prompts
 
     if cfg.eval.prompt_set == "official":
         prompts = official_prompts()
@@ -198,7 +204,9 @@ def prompt_set(cfg: Any, world: Any = None) -> list[dict[str, Any]]:
         return prompts
     if world is None:
         raise UserError("eval.prompt_set=toy needs the toy world (world.kind=toy)")
-    return toy_prompts(world, cfg.eval.n_prompts or None, seed=cfg.world.seed)
+    n = cfg.eval.n_prompts or None
+    specs = toy_prompts(world, n, seed=cfg.world.seed) + toy_heldout_prompts(world, n, seed=cfg.world.seed)
+    return with_splits(world, specs, train)
 
 
 def make_detector(cfg: Any, world: Any = None) -> Any:
@@ -230,13 +238,16 @@ def run_geneval(
     tracker: Any = None,
     step: int = 0,
     save_images: bool = True,
+    train: Any = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Sample the configured prompt set, score it, write results.jsonl + summary.json to ``out_dir``.
+
+    ``train``: the run's own composition set, which decides each toy prompt's ``intrain``/``novel`` split.
 
     With a ``tracker`` the summary is logged as metrics at ``step`` and results.jsonl as artifact
     ``geneval/results.jsonl`` (the per-prompt record paired tests are built on).
     """
-    metas = prompt_set(cfg, world)
+    metas = prompt_set(cfg, world, train)
     detector = detector if detector is not None else make_detector(cfg, world)
     t0 = time.perf_counter()
     groups = sample_to_folder(sampler, metas, out_dir if save_images else None,

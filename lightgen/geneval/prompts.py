@@ -243,12 +243,13 @@ TOY_DEFAULT_PER_TASK = 75
 
 
 def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
-    """The six GenEval tasks over the toy vocabulary, seeded, each spec flagged ``"seen"``.
+    """The standard toy set: the six GenEval tasks over the toy vocabulary, seeded, drawn from the world's
+    *trainable* compositions only (a draw that uses a globally held-out composition is redrawn; those are
+    the held-out set's, :func:`toy_heldout_prompts`).
 
-    ``seen = not world.is_heldout(spec)``: held-out compositions are never in any training set, so
-    the unseen scores measure compositional generalisation. Duplicates are redrawn (up to a limit) so
-    each task has ``n_per_task`` distinct prompts whenever the vocabulary allows it, else the distinct
-    ones are repeated up to ``n_per_task``.
+    Duplicates are redrawn (up to a limit) so each task has ``n_per_task`` distinct prompts whenever the
+    vocabulary allows it, else the distinct ones are repeated up to ``n_per_task``. Which prompts a run has
+    seen is the run's (``split``, :mod:`lightgen.data.compositions`), not the set's.
     """
     n = TOY_DEFAULT_PER_TASK if not n_per_task else int(n_per_task)
     rng = np.random.default_rng([seed, 6])  # own stream: independent of data/model seeds using `seed`
@@ -256,6 +257,7 @@ def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> lis
     relations = list(getattr(world, "relations", RELATIONS)) or list(RELATIONS)
     max_count = min(4, int(getattr(world, "max_objects", 4)))  # GenEval counts 2..4
     K, M = len(classes), len(colors)
+    heldout = getattr(world, "is_heldout", lambda spec: False)
 
     def draw(task: str) -> dict[str, Any]:
         if task == "single_object":
@@ -285,13 +287,61 @@ def toy_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> lis
             tries += 1
             spec = draw(task)
             key = json.dumps(spec, sort_keys=True)
-            if key in keys:
+            if key in keys or heldout(spec):
                 continue
             keys.add(key)
-            spec["seen"] = not bool(world.is_heldout(spec))
             distinct.append(spec)
+        if not distinct:
+            continue  # every composition of this task is held out
         # A small vocabulary has fewer distinct prompts than n (12 classes: 12 single-object prompts):
         # repeat them in order so every task still gets n x images_per_prompt images (the power
         # calculation counts images); repeats share their metadata, so summaries group them as one prompt.
         out.extend(json.loads(json.dumps(distinct[k % len(distinct)])) for k in range(n))
+    return out
+
+
+HELDOUT_TASKS = ("counting", "colors", "position", "color_attr")
+
+
+def toy_heldout_prompts(world: Any, n_per_task: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """The held-out set: per compositional task, distinct prompts that use a globally held-out composition,
+    each flagged ``"split": "heldout"``.
+
+    Every held-out composition of the world is enumerated (counting: every held-out (class, count ≤ 4);
+    colors: every held-out (colour, class); position: every held-out triple, i.e. both directions of each
+    held-out unit; color_attr: every pair of (colour, class) pairs of distinct classes and colours with at
+    least one held out), then at most ``n_per_task`` of them are taken round-robin over the first clause's
+    class (seeded order within a class), so the class mix is as even as the standard set's. The world's
+    balanced held-out draw (``ToyWorld._make_heldout``) gives every class the same number of held-out colours
+    and counts, so the two sets are matched by class (and, for counting, by count). No prompt is repeated:
+    where the world has fewer than ``n_per_task`` held-out compositions (the cpu world's colors: 18, counting:
+    6) the task has that many.
+    """
+    n = TOY_DEFAULT_PER_TASK if not n_per_task else int(n_per_task)
+    rng = np.random.default_rng([seed, 61])
+    classes, colors = list(world.classes), list(world.colors)
+    relations = list(getattr(world, "relations", RELATIONS))
+    max_count = min(4, int(getattr(world, "max_objects", 4)))
+    held_cc = set(getattr(world, "heldout_color_class", ()))
+    pools: dict[str, list[dict[str, Any]]] = {
+        "counting": [spec_counting(k, c) for k, c in sorted(getattr(world, "heldout_class_count", ())) if c <= max_count],
+        "colors": [spec_color(k, c) for c, k in sorted(held_cc)],
+        "position": [spec_position(a, b, r) for a, r, b in sorted(getattr(world, "heldout_relation", ()))
+                     if r in relations],
+        "color_attr": [spec_color_attr(a, ca, b, cb) for a in classes for b in classes if a != b
+                       for ca in colors for cb in colors if ca != cb and ((ca, a) in held_cc or (cb, b) in held_cc)],
+    }
+    out: list[dict[str, Any]] = []
+    for task in HELDOUT_TASKS:
+        by_class: dict[str, list[dict[str, Any]]] = {}
+        for spec in pools[task]:
+            by_class.setdefault(spec["include"][-1 if task == "position" else 0]["class"], []).append(spec)
+        groups = [[g[i] for i in rng.permutation(len(g))] for _, g in sorted(by_class.items())]
+        groups = [groups[i] for i in rng.permutation(len(groups))] if groups else []
+        picked: list[dict[str, Any]] = []
+        depth = 0
+        while len(picked) < n and any(depth < len(g) for g in groups):
+            picked.extend(g[depth] for g in groups if depth < len(g))
+            depth += 1
+        out.extend({**s, "split": "heldout"} for s in picked[:n])
     return out

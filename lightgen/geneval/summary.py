@@ -1,10 +1,14 @@
-"""GenEval's summary numbers, plus a bootstrap CI over prompts and seen/unseen splits.
+"""GenEval's summary numbers, plus a bootstrap CI over prompts and the per-run splits.
 
 As the official ``summary_scores.py``: per-task score = mean correctness over the task's images;
 Overall = unweighted mean of the task scores; "% correct images" = mean over all images;
 "% correct prompts" = share of prompts with at least one correct image (prompts are identified by
 their metadata JSON). The 95 % CI resamples prompts with replacement *within each task* (the tasks
 are fixed strata of the benchmark, and Overall weighs them equally), percentile method.
+
+Splits: toy prompts carry ``split`` (``intrain`` / ``novel`` / ``heldout``, :mod:`lightgen.data.compositions`).
+``geneval/…`` is the standard set (every prompt not ``heldout``), ``geneval_<split>/<task|overall>`` each
+split, with ``geneval_<split>/n_prompts`` its distinct prompts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from lightgen.geneval.tasks import ordered
+
+SPLITS = ("intrain", "novel", "heldout")  # lightgen.data.compositions.SPLITS
 
 RESULT_KEYS = ("filename", "tag", "prompt", "correct", "reason", "metadata", "details")
 
@@ -120,12 +126,14 @@ def bootstrap_overall(rows: list[dict[str, Any]], n_boot: int = 1000, seed: int 
 
 
 def summarize(results: list[dict[str, Any]], bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
-    """GenEval's numbers as MLflow metrics (see module docstring); seen/unseen when specs carry "seen"."""
+    """GenEval's numbers as MLflow metrics (see module docstring); per split when specs carry "split"."""
     from lightgen.errors import UserError
 
-    rows = list(results)
-    if not rows:
+    every = list(results)
+    if not every:
         raise UserError("no GenEval results to summarise")
+    flags = [_meta(r).get("split") for r in every]
+    rows = [r for r, f in zip(every, flags) if f != "heldout"] or every
     out = _scores(rows, "geneval")
     out["geneval/overall_ci_low"], out["geneval/overall_ci_high"] = bootstrap_overall(rows, bootstrap, seed)
     out["geneval/correct_images"] = float(np.mean([bool(r["correct"]) for r in rows]))
@@ -134,15 +142,17 @@ def summarize(results: list[dict[str, Any]], bootstrap: int = 1000, seed: int = 
         key = r["metadata"] if isinstance(r["metadata"], str) else json.dumps(r["metadata"], sort_keys=True)
         by_prompt[key] = by_prompt.get(key, False) or bool(r["correct"])
     out["geneval/correct_prompts"] = float(np.mean(list(by_prompt.values())))
-    flags = [_meta(r).get("seen") for r in rows]
-    if any(f is not None for f in flags):
-        out.update(_scores([r for r, f in zip(rows, flags) if f is True], "geneval_seen"))
-        out.update(_scores([r for r, f in zip(rows, flags) if f is False], "geneval_unseen"))
+    for split in SPLITS:
+        mine = [r for r, f in zip(every, flags) if f == split]
+        if mine:
+            out.update(_scores(mine, f"geneval_{split}"))
+            out[f"geneval_{split}/n_prompts"] = float(sum(len(c) for c, _ in _task_arrays(mine).values()))
     return out
 
 
 def format_summary(summary: dict[str, float], results: list[dict[str, Any]]) -> str:
-    """A text table in the spirit of GenEval's summary_scores.py output."""
+    """A text table in the spirit of GenEval's summary_scores.py output (tasks: the standard set)."""
+    results = [r for r in results if _meta(r).get("split") != "heldout"] or list(results)
     arrays = _task_arrays(results)
     lines = [
         "Summary", "=======",
@@ -155,13 +165,14 @@ def format_summary(summary: dict[str, float], results: list[dict[str, Any]]) -> 
     for t in _ordered_tasks(arrays):
         c, n = arrays[t]
         row = f"{t:<16} = {c.sum() / n.sum():.2%} ({int(c.sum())} / {int(n.sum())})"
-        for split in ("geneval_seen", "geneval_unseen"):
-            if f"{split}/{t}" in summary:
-                row += f"  {split.split('_')[1]} {summary[f'{split}/{t}']:.2%}"
+        for split in SPLITS:
+            if f"geneval_{split}/{t}" in summary:
+                row += f"  {split} {summary[f'geneval_{split}/{t}']:.2%}"
         lines.append(row)
     lines += ["", f"Overall score (avg. over tasks): {summary['geneval/overall']:.5f}"
               f"  95% CI [{summary['geneval/overall_ci_low']:.4f}, {summary['geneval/overall_ci_high']:.4f}]"]
-    for split in ("geneval_seen", "geneval_unseen"):
-        if f"{split}/overall" in summary:
-            lines.append(f"Overall ({split.split('_')[1]}): {summary[f'{split}/overall']:.5f}")
+    for split in SPLITS:
+        if f"geneval_{split}/overall" in summary:
+            lines.append(f"Overall ({split}, {int(summary[f'geneval_{split}/n_prompts'])} prompts): "
+                         f"{summary[f'geneval_{split}/overall']:.5f}")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ _PLACE_PREFIXES = ("tracking.", "sweep.")
 # What a trial's summary holds (lightgen.pipeline.train_and_evaluate → lightgen.geneval.summary.summarize).
 _OBJECTIVE_RE = re.compile(
     r"^step$|^geneval/(overall_ci_low|overall_ci_high|correct_images|correct_prompts)$"
-    r"|^geneval(_seen|_unseen)?/(overall|" + "|".join(GENEVAL_TASKS) + r")$"
+    r"|^geneval(_intrain|_novel|_heldout)?/(overall|" + "|".join(GENEVAL_TASKS) + r")$"
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -140,7 +140,8 @@ class SweepDef(_Strict):
         if not _OBJECTIVE_RE.match(self.objective):
             raise ValueError(f"objective {self.objective!r} is not a metric a trial logs; use geneval/overall, "
                              f"geneval/<task> (tasks: {', '.join(GENEVAL_TASKS)}), geneval/correct_images, "
-                             "geneval/correct_prompts, their geneval_seen/ and geneval_unseen/ variants, or step")
+                             "geneval/correct_prompts, their geneval_intrain/, geneval_novel/ and geneval_heldout/ "
+                             "variants (per-run splits), or step")
         if self.sampler == "tpe":
             if not self.search:
                 raise ValueError("sampler 'tpe' needs a non-empty 'search' space")
