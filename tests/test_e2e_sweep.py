@@ -69,7 +69,11 @@ def test_toy_sweep_end_to_end_with_tracking_contract_and_tables(tmp_path):
     assert "geneval/results.jsonl" in {a.path for a in client.list_artifacts(rid, "geneval")}
     assert client.get_run(rid).inputs.dataset_inputs  # the dataset is logged as an MLflow input
     lines = Path(client.download_artifacts(rid, "geneval/results.jsonl", str(tmp_path))).read_text().splitlines()
-    assert len(lines) == 6 and {"filename", "tag", "prompt", "correct", "reason", "metadata"} <= set(json.loads(lines[0]))
+    metas = [json.loads(json.loads(x)["metadata"]) for x in lines]
+    # 6 standard prompts (one per task) with their per-run split, then the held-out set
+    assert len([m for m in metas if m["split"] != "heldout"]) == 6 and len(lines) > 6
+    assert {m["split"] for m in metas} <= {"intrain", "novel", "heldout"}
+    assert {"filename", "tag", "prompt", "correct", "reason", "metadata"} <= set(json.loads(lines[0]))
     # checkpoints keyed by point and seed, safetensors only
     ckpts = list((tmp_path / "mlruns" / "checkpoints").glob("*/seed0/step-0000004"))
     assert len(ckpts) == 2 and all((c / "model.safetensors").is_file() for c in ckpts)
