@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from lightgen.config import load_config
 from lightgen.geneval.evaluate import evaluate_images
-from lightgen.geneval.prompts import TOY_DEFAULT_PER_TASK, toy_prompts
+from lightgen.geneval.prompts import TOY_DEFAULT_PER_TASK, toy_heldout_prompts, toy_prompts
 from lightgen.geneval.summary import summarize
 from lightgen.geneval.toy_detector import ToyDetector
 from lightgen.utils import write_atomic
@@ -68,7 +68,7 @@ def run(preset: str | None, per_task: int, ipp: int, augment: bool = True) -> di
     ToyDetector(world, cache_dir=cache, n_train=cfg.eval.detector_train_images, augment=augment).classifier(res)
     warm = time.perf_counter() - t
 
-    specs = toy_prompts(world, per_task, seed=cfg.world.seed)
+    specs = toy_prompts(world, per_task, seed=cfg.world.seed) + toy_heldout_prompts(world, per_task, seed=cfg.world.seed)
     groups = [world.render([s] * ipp, res, [10_000 + i * ipp + j for j in range(ipp)]) for i, s in enumerate(specs)]
     t = time.perf_counter()
     rows = evaluate_images(groups, specs, det)
@@ -122,8 +122,8 @@ def render_section(results: list[dict], quick: bool) -> str:
         f"[{r['clean']['geneval/overall_ci_low']:.3f}, {r['clean']['geneval/overall_ci_high']:.3f}]")
     for t in ("single_object", "two_object", "counting", "colors", "position", "color_attr"):
         row(f"  {t}", lambda r, t=t: f"{r['clean'][f'geneval/{t}']:.4f}")
-    row("Overall seen / unseen", lambda r: f"{r['clean'].get('geneval_seen/overall', float('nan')):.4f} / "
-        f"{r['clean'].get('geneval_unseen/overall', float('nan')):.4f}")
+    row("Overall standard / held-out set", lambda r: f"{r['clean']['geneval/overall']:.4f} / "
+        f"{r['clean'].get('geneval_heldout/overall', float('nan')):.4f}")
     row("**Overall, shuffled between prompts**", lambda r: f"**{r['shuffled']:.4f}**")
     for name in results[0]["corrupt"]:
         row(f"Overall, {name}", lambda r, n=name: f"{r['corrupt'][n]:.4f}")

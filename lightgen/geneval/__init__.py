@@ -3,7 +3,8 @@
 Public API (docs/ARCHITECTURE.md)::
 
     official_prompts() -> list[dict]                      # GenEval's 553 metadata dicts
-    toy_prompts(world, n_per_task, seed) -> list[dict]    # each with "seen"
+    toy_prompts(world, n_per_task, seed) -> list[dict]    # the standard set (trainable compositions)
+    toy_heldout_prompts(world, n_per_task, seed)          # the held-out set, "split": "heldout"
     ToyDetector(world) | RealDetector.from_pretrained(segmenter, clip)
     evaluate_images(images_per_prompt, metadata, detector) -> results rows (official format)
     summarize(results, bootstrap=1000, seed=0) -> {"geneval/overall": ..., ...}
@@ -16,7 +17,7 @@ from typing import Any
 # Lazy exports: `lightgen geneval --help` (which imports this package) must not pay for scipy/sklearn.
 _EXPORTS = {
     "evaluate_folder": "evaluate", "evaluate_images": "evaluate", "run_geneval": "evaluate",
-    "official_prompts": "prompts", "toy_prompts": "prompts", "write_prompt_files": "prompts",
+    "official_prompts": "prompts", "toy_prompts": "prompts", "toy_heldout_prompts": "prompts", "write_prompt_files": "prompts",
     "RealDetector": "real_detector", "ToyDetector": "toy_detector",
     "check_image": "rules", "filter_detections": "rules", "relative_position": "rules",
     "format_summary": "summary", "read_results": "summary", "summarize": "summary", "write_results": "summary",

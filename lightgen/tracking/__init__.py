@@ -10,7 +10,7 @@ Names here are a contract that the analysis scripts and tests rely on:
   ``optuna.study``, ``optuna.trial``, ``lightgen.pid`` / ``lightgen.host`` (the process that last ran it),
   ``lightgen.corrupt_checkpoints`` (skipped on resume), ``lightgen.resumed_from_run`` (history copied from);
 * metrics: ``geneval/<task>``, ``geneval/overall``, ``geneval/overall_ci_low|high``,
-  ``geneval_seen/…``, ``geneval_unseen/…``, ``train/loss`` …, ``compute/…``, ``data/…``;
+  ``geneval_intrain/…``, ``geneval_novel/…``, ``geneval_heldout/…`` (per-run splits), ``train/loss`` …, ``compute/…``, ``data/…``;
 * artifacts: ``config.yaml``, ``pip-freeze.txt``, ``samples/…png``, ``geneval/results.jsonl``.
 
 Metrics are buffered and sent with ``log_batch`` (one call per flush, asynchronous), never one
