@@ -274,5 +274,6 @@ def test_log_dataset_sends_data_metrics(tmp_path):
     ds = get_dataset(_cfg(tmp_path, "data.scale=100k"))
     tr = FakeTracker()
     out = log_dataset(tr, ds)
-    assert set(tr.metrics) == {f"data/{k}" for k in ds.diversity} and "data/vendi_caption" in out
+    want = {f"data/{k}" for k in ds.diversity} | {f"data/{k}" for k in ds.composition_metrics()}
+    assert set(tr.metrics) == want and "data/vendi_caption" in out and "data/trainable_coverage" in out
     assert tr.tags["lightgen.dataset"] == ds.manifest_hash
