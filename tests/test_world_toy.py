@@ -294,3 +294,12 @@ def test_scenes_never_show_an_unstated_heldout_composition():
     assert ("relation", a, rel, b) in w.shown_compositions(w.objects(stated, 32, 0))
     # and the object boxes are those render_with_objects reports
     assert w.objects(spec, 32, 5) == w.render_with_objects(spec, 32, 5)[1]
+
+
+def test_a_scene_that_must_show_a_heldout_relation_keeps_its_first_draw():
+    # four objects of two classes fill the 2x2 grid: every relation between the classes shows (the toy
+    # detector's training scenes are like that); the teacher draws it rather than fail
+    w = ToyWorld(WorldConfig(n_classes=6, n_colors=6, max_objects=3, layout="grid", heldout_fraction=0.5))
+    spec = {"include": [{"class": "square", "count": 2}, {"class": "circle", "count": 2}]}
+    img, objs = w.render_with_objects(spec, 32, 3)
+    assert len(objs) == 4 and objs == w.objects(spec, 32, 3)
