@@ -135,3 +135,13 @@ def test_seed_level_test_hand_computed():
     # unpaired 3 vs 3: the observed split is the most extreme of C(6,3)=20 → p = 2/20
     u = stats.seed_level_test(sc, {"a": 1.0, "b": -1.0}, paired=False)
     assert u.p_perm == pytest.approx(0.1) and u.perm_exact
+
+
+def test_split_read_from_records_and_old_bundles():
+    from lightgen.analysis import bundle
+
+    recs = {"r": [{"tag": "colors", "prompt": "a", "correct": True, "metadata": {"split": "novel"}},
+                  {"tag": "colors", "prompt": "b", "correct": True, "metadata": {"seen": False}},
+                  {"tag": "colors", "prompt": "c", "correct": True, "metadata": {"seen": True}},
+                  {"tag": "colors", "prompt": "d", "correct": True, "split": "intrain", "metadata": {}}]}
+    assert bundle.results_frame(recs)["split"].tolist() == ["novel", "heldout", None, "intrain"]
