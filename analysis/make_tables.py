@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="which tables to build (default: all)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--n-resamples", type=int, default=9999, help="sign-flip resamples of the paired tests")
-    p.add_argument("--per-task-split", action="store_true", help="add per-task seen/unseen columns")
+    p.add_argument("--per-task-split", action="store_true", help="add per-task In-train / Novel / Held-out columns")
     args = p.parse_args(argv)
     if not 10 <= args.n_boot <= MAX_BOOT:
         p.error(f"--n-boot must be in 10..{MAX_BOOT}, got {args.n_boot}")

@@ -3,8 +3,8 @@
 The store (built once for the module) holds runs of known metrics and per-image results.
 
 Layout (all toy world, toy prompt set, 32 px, unless said otherwise), 4 prompts per task, 1 image each;
-prompts 0–1 are "seen", 2–3 "unseen"; a run with n correct per task gets prompts 0..n-1 right in every
-task, so every per-task score, the overall score and seen/unseen scores are n/4, min(n,2)/2,
+prompts 0–1 are split "intrain", 2–3 "heldout"; a run with n correct per task gets prompts 0..n-1 right in
+every task, so every per-task score, the overall score and in-train/held-out scores are n/4, min(n,2)/2,
 max(n-2,0)/2:
 
 * sweep ``data-scale`` (parent FINISHED): scale 100K / 200K / 500K × seeds 0, 1 with n = (1, 2), (2, 3),
@@ -37,15 +37,16 @@ def records(n_correct: int) -> list[dict]:
         for i in range(N_PROMPTS):
             out.append({"filename": f"{t}_{i}.png", "tag": t, "prompt": f"{t} prompt {i}",
                         "correct": i < n_correct, "reason": "", "details": {"n": i},
-                        "metadata": {"tag": t, "prompt": f"{t} prompt {i}", "seen": i < 2}})
+                        "metadata": {"tag": t, "prompt": f"{t} prompt {i}",
+                                     "split": "intrain" if i < 2 else "heldout"}})
     return out
 
 
 def metrics_for(n: int) -> dict[str, float]:
     acc, seen, unseen = n / 4, min(n, 2) / 2, max(n - 2, 0) / 2
-    m = {f"geneval/{t}": acc for t in TASKS} | {f"geneval_seen/{t}": seen for t in TASKS}
-    m |= {f"geneval_unseen/{t}": unseen for t in TASKS}
-    m |= {"geneval/overall": acc, "geneval_seen/overall": seen, "geneval_unseen/overall": unseen,
+    m = {f"geneval/{t}": acc for t in TASKS} | {f"geneval_intrain/{t}": seen for t in TASKS}
+    m |= {f"geneval_heldout/{t}": unseen for t in TASKS}
+    m |= {"geneval/overall": acc, "geneval_intrain/overall": seen, "geneval_heldout/overall": unseen,
           "geneval/overall_ci_low": max(0.0, acc - 0.1), "geneval/overall_ci_high": min(1.0, acc + 0.1)}
     return m
 
@@ -216,9 +217,10 @@ def test_load_runs_duplicates_failures_and_running_sweep(store):
 def test_load_prompt_results_long_table(store):
     res = load_prompt_results(store.uri, sweep="data-scale")
     assert len(res) == 6 * 24
-    assert list(res.columns) == ["run_id", "point_id", "seed", "sweep", "prompt", "task", "seen", "correct", "filename"]
+    assert list(res.columns) == ["run_id", "point_id", "seed", "sweep", "prompt", "task", "split", "correct", "filename"]
     one = res[(res["point_id"] == "scale200K") & (res["seed"] == 1)]
-    assert one["correct"].sum() == 6 * 3 and one["seen"].sum() == 6 * 2
+    assert one["correct"].sum() == 6 * 3 and (one["split"] == "intrain").sum() == 6 * 2
+    assert (one["split"] == "heldout").sum() == 6 * 2
     assert set(res["task"]) == set(TASKS)
 
 
@@ -282,7 +284,7 @@ def test_bundle_errors(tmp_path, store):
 def test_point_summary_means_and_cis(scale_points):
     p = scale_points.set_index("point_id")
     assert p.loc["scale100K", "geneval/overall"] == pytest.approx(0.375)
-    assert p.loc["scale500K", "geneval_unseen/overall"] == 1.0
+    assert p.loc["scale500K", "geneval_heldout/overall"] == 1.0
     assert p.loc["scale100K", "seeds"] == 2
     assert set(p["ci_method"]) == {"bootstrap (seeds, prompts)"}
     assert (p.loc["scale500K", "ci_low"], p.loc["scale500K", "ci_high"]) == (1.0, 1.0)
@@ -294,13 +296,14 @@ def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
     t = T.build_ablation_table(scale_data, "data-scale", scale_points)
     assert cells(t, "Scale") == ["100K", "200K", "500K"]
     assert cells(t, "Overall") == [0.375, 0.625, 1.0]
-    assert cells(t, "Seen") == [0.75, 1.0, 1.0] and cells(t, "Unseen") == [0.0, 0.25, 1.0]
+    assert cells(t, "In-train") == [0.75, 1.0, 1.0] and cells(t, "Held-out") == [0.0, 0.25, 1.0]
+    assert all(np.isnan(cells(t, "Novel")))
     assert cells(t, "Samples seen") == [1920, 1920, 1920]
     assert cells(t, "Epochs") == [19.2, 9.6, 3.84]
     assert np.isnan(cells(t, "Δ Overall")[0]) and cells(t, "Δ Overall")[1:] == [0.25, 0.375]
     # 12 shared prompts differ, all in favour of the larger set: exact p = 2 / 2^12; Holm doubles both
-    assert cells(t, "p")[1:] == [round(2 / 4096, 4)] * 2
-    assert cells(t, "p (Holm)")[1:] == [round(4 / 4096, 4)] * 2
+    assert cells(t, "p (same models, same prompts)")[1:] == [round(2 / 4096, 4)] * 2
+    assert cells(t, "p (Holm, same models, same prompts)")[1:] == [round(4 / 4096, 4)] * 2
     assert cells(t, "vs")[1:] == ["Scale 100K", "Scale 200K"] and not t.partial
     md = T.render(t, "markdown")
     assert "| 500K | 2 | **1.00** | [1.00, 1.00] |" in md

@@ -24,10 +24,11 @@ FAKE = "lightgen.testing:fake_trial"
 
 
 def test_shipped_sweeps_load_and_validate():
-    assert {"data-scale", "caption-diversity", "iterations", "dpo-beta"} <= set(available_sweeps())
-    for name in ("data-scale", "caption-diversity", "iterations", "dpo-beta"):
+    names = ("data-scale", "caption-diversity", "iterations", "dpo-beta", "h1", "controls")
+    assert set(names) <= set(available_sweeps())
+    for name in names:
         sweep = load_sweep(name)
-        for preset in ("smoke", "lab", "paper"):
+        for preset in ("smoke", "lab", "paper", "cpu"):
             plan = plan_sweep(sweep, preset)
             assert plan.points, (name, preset)
             # every point is a distinct config
@@ -43,6 +44,20 @@ def test_data_scale_points_and_labels():
     iso_epoch = [p for p in lab.points if p.arm == "iso-epoch"]
     epochs = {p.cfg.train.iterations * p.cfg.train.batch_size / p.cfg.data.actual_size for p in iso_epoch}
     assert max(epochs) - min(epochs) < 0.01  # the same number of epochs at every scale
+
+
+def test_cpu_study_sweeps():
+    """The CPU study's designs (issue 17): >= 5 scales, >= 5 seeds where H1/H2 need them, beta where it acts."""
+    ds = plan_sweep(load_sweep("data-scale"), "cpu")
+    scales = sorted({p.cfg.data.actual_size for p in ds.points if p.arm == "cpu-iso-iteration"})
+    assert scales == [250, 1000, 4000, 16000, 64000] and ds.seeds >= 5
+    h1 = plan_sweep(load_sweep("h1"), "cpu")
+    assert h1.seeds >= 5 and {p.cfg.world.seed for p in h1.points} == {0, 1} and len(h1.points) == 8
+    dpo = plan_sweep(load_sweep("dpo-beta"), "cpu")
+    betas = {p.cfg.dpo.beta for p in dpo.points if p.cfg.dpo.mode == "dpo"}
+    assert len(betas) >= 4 and all(p.cfg.dpo.lr == 1e-5 for p in dpo.points)
+    assert all(p.cfg.dpo.lr == 1e-5 for p in plan_sweep(load_sweep("dpo-beta"), "lab").points)
+    assert any(p.cfg.dpo.mode == "sft" for p in dpo.points)
 
 
 def test_user_axis_and_bad_axis(tmp_path):

@@ -11,7 +11,7 @@ Layout (a directory)::
                                artifact_uri, metrics.<key>, params.<key>, tags.<key>
       metrics_history.parquet  run_id, key, step, value, timestamp   (step-indexed metrics)
       results.parquet          run_id + one row per image of the run's ``geneval/results.jsonl``:
-                               filename, tag, prompt, correct, reason, seen,
+                               filename, tag, prompt, correct, reason, split,
                                metadata (JSON text), details (JSON text)
       bundle.json              format version and row counts (written last: a bundle without it is
                                incomplete)
@@ -46,7 +46,18 @@ RESULTS_FILE = "results.parquet"
 MANIFEST_FILE = "bundle.json"
 
 HISTORY_COLUMNS = ["run_id", "key", "step", "value", "timestamp"]
-RESULTS_COLUMNS = ["run_id", "filename", "tag", "prompt", "correct", "reason", "seen", "metadata", "details"]
+RESULTS_COLUMNS = ["run_id", "filename", "tag", "prompt", "correct", "reason", "split", "metadata", "details"]
+SPLITS = ("intrain", "novel", "heldout")  # a prompt's composition split for its run (geneval/results.jsonl)
+
+
+def split_of(split: Any, seen: Any = None) -> str | None:
+    """A record's split: ``split`` when it is one of SPLITS, else from an old bundle's boolean ``seen``
+    (False: held out of every training set → "heldout"; True: only "not held out" → unknown, None)."""
+    if isinstance(split, str) and split in SPLITS:
+        return split
+    if seen is None or (isinstance(seen, float) and seen != seen):
+        return None
+    return None if bool(seen) else "heldout"
 
 
 def empty_history() -> pd.DataFrame:
@@ -62,13 +73,15 @@ def results_frame(records_by_run: Mapping[str, Iterable[Mapping[str, Any]]]) -> 
     """Flatten ``{run_id: [results.jsonl record, …]}`` into the bundle's results table.
 
     ``metadata`` and ``details`` are nested and heterogeneous, so they are kept as JSON text (Parquet
-    cannot store free-form dicts); ``seen`` is lifted out of the metadata because the analysis needs it.
+    cannot store free-form dicts); ``split`` is lifted out of the metadata because the analysis needs it.
     """
     rows = []
     for run_id, records in records_by_run.items():
         for rec in records:
             meta = rec.get("metadata") or {}
-            seen = meta.get("seen") if isinstance(meta, Mapping) else None
+            meta_ok = isinstance(meta, Mapping)
+            split = split_of(rec.get("split", meta.get("split") if meta_ok else None),
+                             meta.get("seen") if meta_ok else None)
             rows.append({
                 "run_id": run_id,
                 "filename": rec.get("filename"),
@@ -76,7 +89,7 @@ def results_frame(records_by_run: Mapping[str, Iterable[Mapping[str, Any]]]) -> 
                 "prompt": rec.get("prompt") or (meta.get("prompt") if isinstance(meta, Mapping) else None),
                 "correct": bool(rec.get("correct")),
                 "reason": rec.get("reason"),
-                "seen": None if seen is None else bool(seen),
+                "split": split,
                 "metadata": json.dumps(meta, sort_keys=True, default=str),
                 "details": json.dumps(rec.get("details"), sort_keys=True, default=str),
             })
@@ -162,4 +175,7 @@ def read_bundle(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
         missing = [c for c in cols if c not in df.columns]
         if missing and len(df.columns):
             raise UserError(f"bundle {path}: the {name} table lacks column(s) {', '.join(missing)}")
+    if len(results.columns) and "split" not in results.columns:   # a bundle written before the split
+        seen = results["seen"] if "seen" in results.columns else pd.Series([None] * len(results), index=results.index)
+        results = results.assign(split=[split_of(None, v) for v in seen])
     return runs, history, results

@@ -39,7 +39,7 @@ from lightgen.tracking import (
 )
 
 RESULTS_ARTIFACT = "geneval/results.jsonl"
-PROMPT_COLUMNS = ["run_id", "point_id", "seed", "sweep", "prompt", "task", "seen", "correct", "filename"]
+PROMPT_COLUMNS = ["run_id", "point_id", "seed", "sweep", "prompt", "task", "split", "correct", "filename"]
 
 
 class NoData(UserError):
@@ -352,7 +352,9 @@ def _prompt_table(source: RunSource, runs: pd.DataFrame) -> tuple[pd.DataFrame, 
     out = res.join(meta, on="run_id", how="inner")
     out = out.rename(columns={"tag": "task"})
     out["correct"] = out["correct"].astype(bool)
-    out["seen"] = out["seen"].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v))
+    if "split" not in out.columns:
+        out["split"] = [bundle_mod.split_of(None, v) for v in _col(out, "seen")]
+    out["split"] = [bundle_mod.split_of(v) for v in out["split"]]
     unknown = sorted(set(out["task"].dropna()) - set(GENEVAL_TASKS))
     if unknown:
         notes.append(f"per-image results with unknown task(s) {', '.join(unknown)} are ignored")
@@ -362,8 +364,9 @@ def _prompt_table(source: RunSource, runs: pd.DataFrame) -> tuple[pd.DataFrame, 
 
 def load_prompt_results(tracking_uri: str | None = None, sweep: str | None = None,
                         experiment: str | None = None, bundle: str | Path | None = None) -> pd.DataFrame:
-    """Long per-image table of the kept runs: run_id, point_id, seed, sweep, prompt, task, seen, correct,
-    filename (one row per generated image; ``seen`` is None for prompt sets without the flag)."""
+    """Long per-image table of the kept runs: run_id, point_id, seed, sweep, prompt, task, split, correct,
+    filename (one row per generated image; ``split`` is "intrain", "novel", "heldout", or None for prompt
+    sets without it; old bundles' ``seen`` False reads as "heldout", True as None)."""
     try:
         data = load_sweep(tracking_uri, sweep, experiment, bundle)
     except NoData:

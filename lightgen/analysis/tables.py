@@ -7,7 +7,7 @@ as not comparable. Bold marks the best value per column *within a block*. :func:
 Markdown, LaTeX or CSV (``lightgen.analysis.render``).
 
 Cells of studio rows are the means over seeds of the logged ``geneval/…`` metrics; the CI comes from a
-hierarchical bootstrap over the per-image results (seeds, then prompts) when they were logged, else from
+crossed bootstrap over the per-image results (seeds × one prompt resample shared by all seeds) when they were logged, else from
 a bootstrap over the seeds' logged scores (several seeds), else the run's own logged CI (one seed).
 """
 
@@ -48,6 +48,13 @@ KNOB_LABELS = {"data.scale": "Scale", "data.caption_diversity": "Diversity", "da
 NOT_KNOBS = ("seed", "data.seed", "preset", "data.scale_label", "data.actual_size", "lightgen.", "tracking.",
              "sweep.", "data.cache_dir", "data.num_workers", "data.storage", "train.device", "train.num_threads",
              "dpo.base", "dpo.pairs")
+# The per-run composition splits of the toy prompt sets (metrics geneval_<split>/…) and their column names.
+SPLIT_PREFIXES = ("geneval_intrain", "geneval_novel", "geneval_heldout")
+SPLIT_LABELS = {"geneval_intrain": "In-train", "geneval_novel": "Novel", "geneval_heldout": "Held-out"}
+SPLIT_NOTE = ("In-train / Novel / Held-out: prompts all of whose compositions occur in this run's training data "
+              "(stated by a caption and shown by its scene) / that use a composition absent from this run's data "
+              "but not held out globally / that use a composition held out of every training set (toy prompt sets; "
+              "metrics geneval_intrain/…, geneval_novel/…, geneval_heldout/…).")
 EXTRA = "param:"   # prefix of point columns holding other params that distinguish points
 
 
@@ -123,7 +130,7 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
         row["data.scale_label"] = grp.get("params.data.scale_label", pd.Series([None])).iloc[0]
         row["data.actual_size"] = pd.to_numeric(grp.get("params.data.actual_size", pd.Series([None])),
                                                 errors="coerce").iloc[0]
-        for prefix in ("geneval", "geneval_seen", "geneval_unseen", "geneval_before"):
+        for prefix in ("geneval", *SPLIT_PREFIXES, "geneval_before"):
             for t in (*GENEVAL_TASKS, "overall"):
                 row[f"{prefix}/{t}"] = _metric(grp, f"{prefix}/{t}").mean()
         n_missing = int(_metric(grp, "geneval/overall").isna().sum())
@@ -285,7 +292,7 @@ def _studio_model(r: pd.Series, table: int) -> str:
 # --------------------------------------------------------------------------------------------------
 def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_resamples: int = 9999,
                          seed: int = 0, per_task_split: bool = False) -> Table:
-    """Per-point scores (all / seen / unseen), compute, and the paired difference to the reference point.
+    """Per-point scores (all / in-train / novel / held-out), compute, and the paired difference to the reference point.
 
     The reference is the previous point along the sweep's last varying knob (other knobs equal); in a
     DPO sweep with an SFT arm it is the SFT arm. Holm's correction covers all tests in the table.
@@ -341,34 +348,36 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     cols["Seeds"] = pts["seeds"].astype(str).to_numpy()
     cols["Overall"] = pts["geneval/overall"].round(4).to_numpy()
     cols["CI (95%)"] = [_ci_text(lo, hi) for lo, hi in zip(pts["ci_low"], pts["ci_high"])]
-    cols["Seen"] = pts["geneval_seen/overall"].round(4).to_numpy()
-    cols["Unseen"] = pts["geneval_unseen/overall"].round(4).to_numpy()
+    for prefix in SPLIT_PREFIXES:
+        cols[SPLIT_LABELS[prefix]] = pts[f"{prefix}/overall"].round(4).to_numpy()
     if pts["geneval_before/overall"].notna().any():
         cols["Before DPO"] = pts["geneval_before/overall"].round(4).to_numpy()
     for t in PAPER_TASK_ORDER:
         cols[TASK_LABELS[t]] = pts[f"geneval/{t}"].round(4).to_numpy()
         if per_task_split:
-            cols[f"{TASK_LABELS[t]} seen"] = pts[f"geneval_seen/{t}"].round(4).to_numpy()
-            cols[f"{TASK_LABELS[t]} unseen"] = pts[f"geneval_unseen/{t}"].round(4).to_numpy()
+            for prefix in SPLIT_PREFIXES:
+                cols[f"{TASK_LABELS[t]} {SPLIT_LABELS[prefix]}"] = pts[f"{prefix}/{t}"].round(4).to_numpy()
     cols["Samples seen"] = pts["compute/samples_seen"].to_numpy()
     cols["Epochs"] = pts["compute/epochs"].round(2).to_numpy()
     cols["Train FLOPs"] = pts["compute/train_flops"].to_numpy()
     cols["Device h"] = pts["compute/device_hours"].round(4).to_numpy()
     cols["Δ Overall"] = np.round(deltas, 4)
     cols["vs"] = vs
-    cols["p"] = np.round(pvals, 4)
-    cols["p (Holm)"] = np.round(holm, 4)
+    cols["p (same models, same prompts)"] = np.round(pvals, 4)
+    cols["p (Holm, same models, same prompts)"] = np.round(holm, 4)
     rows = pd.DataFrame(cols)
     blocks = [Block(label if len(groups) == 1 else f"arm {label}", rows[np.asarray(group_of) == gi].reset_index(drop=True))
               for gi, (label, _) in enumerate(groups)]
     first = pts.iloc[0]
     notes = [f"Sweep '{sweep}', world {first['world']}, prompt set {first['prompt_set']}; cells are means "
-             "over seeds; p: paired sign-flip test over shared prompts (exact when few prompts differ), "
-             "Holm-adjusted over the table's tests.",
-             "Seen / Unseen: prompts whose compositions all occur in training / that use a composition held out of every training set (toy prompt sets)."]
+             "over seeds; p: DESCRIPTIVE only — same models, same prompts: a paired sign-flip test over shared "
+             "prompts with seeds pooled (exact when few prompts differ), Holm-adjusted over the table's tests. "
+             "It asks whether these trained models differ, not whether the training procedures do; the "
+             "confirmatory, seed-level tests are in the hypotheses table (H1–H4).",
+             SPLIT_NOTE]
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
-    numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
+    numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
     return Table(f"Ablation: {sweep}", list(rows.columns), blocks, notes + list(data.notes), data.partial, numeric=numeric, name=f"ablation_{sweep}")
 
 
@@ -430,8 +439,8 @@ def _iterations_table(sweep: str, hist: pd.DataFrame, data: SweepData) -> Table:
     cols["Seeds"] = by_step.size().astype(str).to_numpy()
     get = lambda k: by_step[k].mean().round(4).to_numpy() if k in wide.columns else np.full(len(cols["Step"]), np.nan)  # noqa: E731
     cols["Overall"] = get("geneval/overall")
-    cols["Seen"] = get("geneval_seen/overall")
-    cols["Unseen"] = get("geneval_unseen/overall")
+    for prefix in SPLIT_PREFIXES:
+        cols[SPLIT_LABELS[prefix]] = get(f"{prefix}/overall")
     for t in PAPER_TASK_ORDER:
         cols[TASK_LABELS[t]] = get(f"geneval/{t}")
     steps = np.asarray(cols["Step"], dtype=float)
@@ -441,7 +450,7 @@ def _iterations_table(sweep: str, hist: pd.DataFrame, data: SweepData) -> Table:
     rows = pd.DataFrame(cols)
     notes = [f"Sweep '{sweep}': GenEval logged at several training steps of the same runs (means over seeds). "
              "No paired tests: per-image results are logged only for the final step."]
-    numeric = ["Overall", "Seen", "Unseen"] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
+    numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
     return Table(f"Ablation: {sweep} (GenEval vs training step)", list(rows.columns),
                  [Block(f"sweep {sweep}", rows)], notes + list(data.notes), data.partial, numeric=numeric,
                  name=f"ablation_{sweep}")
