@@ -116,7 +116,14 @@ def _print_dry_run(plan, info) -> None:
     for p in plan.points:
         t.add_row(p.arm, p.label, p.point_id, str(p.cfg.data.actual_size), str(p.cfg.train.iterations))
     Console().print(t)
-    print(f"datasets to build: {len(info['datasets'])}")
+    streams = info.get("streams") or []
+    to_build = [s for s in streams if s["built"] < s["size"]]
+    print(f"datasets: {len(info['datasets'])}, from {len(streams)} image stream(s) (a smaller scale is a prefix of "
+          f"its stream); streams to build: {len(to_build)}")
+    for st in streams:
+        state = ("already built" if st["built"] >= st["size"] else
+                 f"{st['built']:,} built, {st['size'] - st['built']:,} to build" if st["built"] else "to build")
+        print(f"  {st['size']:,} images for scale {', '.join(st['scales'])}: {state}")
     for d in info["datasets"]:
         print(f"  scale {d['scale']} (actual {d['actual']}), diversity {d['diversity']}, seed {d['seed']}, {d['resolution']} px")
     print(f"checkpoints: {len(info['checkpoints'])} under {plan.base_config.tracking.root}/checkpoints/")

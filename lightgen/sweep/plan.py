@@ -218,6 +218,7 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
 def dry_run(plan: Plan) -> dict[str, Any]:
     """Points, datasets and checkpoints to build, and a compute estimate (no side effects)."""
     datasets: dict[str, dict[str, Any]] = {}
+    streams: dict[str, dict[str, Any]] = {}  # what is actually built: one cached stream serves every prefix of it
     ckpts = []
     total_samples = 0
     total_flops = 0.0
@@ -226,12 +227,44 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         datasets.setdefault(_dataset_key(cfg), {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
                                    "diversity": cfg.data.caption_diversity, "seed": cfg.data.seed,
                                    "resolution": cfg.data.resolution})
+        skey, folder = _stream_of(cfg)
+        st = streams.setdefault(skey, {"folder": folder, "size": 0, "scales": []})
+        st["size"] = max(st["size"], cfg.data.actual_size)
+        if cfg.data.scale_label not in st["scales"]:
+            st["scales"].append(cfg.data.scale_label)
         ckpts.append(str(layout.checkpoint_dir(cfg, job.point.point_id, job.seed)))
         samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
         total_samples += samples
         total_flops += samples * _flops_per_sample(cfg)
+    for st in streams.values():
+        st["built"] = min(st["size"], _built_count(st.pop("folder")))
     return {"points": plan.points, "jobs": len(plan.jobs), "datasets": list(datasets.values()),
+            "streams": list(streams.values()),
             "checkpoints": ckpts, "samples": total_samples, "train_flops": total_flops}
+
+
+def _stream_of(cfg: ExperimentConfig) -> tuple[str, Any]:
+    """The cached image stream a job's dataset is a prefix of (toy world), and its folder; a real-world
+    dataset is its own stream (no folder known before it is built)."""
+    if cfg.world.kind == "toy":
+        from lightgen.data.toy import cache_root, resolve_storage, stream_identity, stream_key
+
+        key = stream_key(stream_identity(cfg, resolve_storage(cfg)))
+        return key, cache_root(cfg) / key
+    return _dataset_key(cfg), None
+
+
+def _built_count(folder: Any) -> int:
+    """Images already in a stream's cache (its manifest's count); 0 when none or unreadable."""
+    if folder is None:
+        return 0
+    from lightgen.data import store
+
+    try:
+        manifest = store.read_manifest(folder)
+    except Exception:  # noqa: BLE001 - a dry run only reports; the build itself checks the cache
+        return 0
+    return int((manifest or {}).get("count", 0))
 
 
 def _dataset_key(cfg: ExperimentConfig) -> str:
