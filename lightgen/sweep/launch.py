@@ -45,10 +45,48 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
 
     params = {**config_params(plan.base_config), TAG_SWEEP: plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
+    _describe_experiment(plan, tracking_uri)
     return tracking.ensure_parent_run(
         tracking_uri, plan.experiment_name, plan.study_name, run_name=f"{plan.sweep.name}:{plan.preset}",
-        tags={TAG_SWEEP: plan.sweep.name, TAG_PRESET: plan.preset, TAG_WORLD: plan.base_config.world.kind},
+        tags={TAG_SWEEP: plan.sweep.name, TAG_PRESET: plan.preset, TAG_WORLD: plan.base_config.world.kind,
+              TAG_NOTE: parent_description(plan)},
         params=params, texts={"sweep.json": redact(plan.sweep.model_dump_json(indent=2)), "pip-freeze.txt": pip_freeze()})
+
+
+TAG_NOTE = "mlflow.note.content"  # the description MLflow's UI shows on an experiment's or a run's page
+
+
+def experiment_description(plan: Plan) -> str:
+    s = plan.sweep
+    return (f"{s.description}\n\nEach launch of `lightgen sweep {s.name} --preset P` is one parent run named "
+            f"`{s.name}:P`; expand it (the + beside its name) to see one child run per point and seed, named by "
+            f"the swept value (`scale=1K · seed 0`). The objective is `{s.objective}`: add it as a column, or open "
+            f"Chart view to plot it against the swept parameter. Tables and figures: "
+            f"`python analysis/make_tables.py --sweep {s.name}`, `python analysis/make_curves.py --sweep {s.name}`.")
+
+
+def parent_description(plan: Plan) -> str:
+    s = plan.sweep
+    swept = sorted({k for p in plan.points for k in p.overrides})
+    text = (f"{s.description} Preset `{plan.preset}`: {len(plan.points)} points × {plan.seeds} seed(s), "
+            f"varying {', '.join(swept) or 'nothing (one point)'}; objective `{s.objective}` "
+            f"(each child run's metric; the study's status: `lightgen sweep {s.name} --preset {plan.preset} --status`).")
+    if plan.preset == "smoke":
+        text += (" This is the smoke preset: a plumbing check whose scores are ~0 by design; "
+                 "the `cpu` preset is the one that learns.")
+    return text
+
+
+def _describe_experiment(plan: Plan, tracking_uri: str) -> None:
+    """The experiment's description (``mlflow.note.content``), set once; a user's own edit is kept."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import get_or_create_experiment
+
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
+    if TAG_NOTE not in client.get_experiment(exp_id).tags:
+        client.set_experiment_tag(exp_id, TAG_NOTE, experiment_description(plan))
 
 
 @dataclass
