@@ -240,6 +240,9 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
             _drain(p)
+        with contextlib.suppress(Exception):  # a worker stopped before its run could end itself: KILLED here
+            reap_dead_trials(study, tracking_uri, pids=set(procs))
+            _kill_left_runs(tracking_uri, parent, set(procs))
         raise SweepInterrupted(running) from None
     except BaseException:
         status = "FAILED"
@@ -262,6 +265,24 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
     summary["parent_run_id"] = parent
     summary["status"] = status
     return summary
+
+
+def _kill_left_runs(tracking_uri: str, parent: str, pids: set[int]) -> None:
+    """Child runs of ``parent`` still RUNNING whose worker (tag ``lightgen.pid``) was one of ``pids``: KILLED
+    (a worker interrupted while its run was being opened, before the run could end itself)."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import mark_stale_runs
+    from lightgen.tracking.names import TAG_PID
+
+    if not pids:
+        return
+    client = MlflowClient(tracking_uri)
+    exp = client.get_run(parent).info.experiment_id
+    left = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'")
+    ids = [r.info.run_id for r in left if r.data.tags.get(TAG_PID, "").isdigit() and int(r.data.tags[TAG_PID]) in pids]
+    if ids:
+        mark_stale_runs("", tracking_uri, run_ids=ids, status="KILLED")
 
 
 def _register_launcher(folder: Path) -> Path:
