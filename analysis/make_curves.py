@@ -5,7 +5,8 @@
     python analysis/make_curves.py --sweep data-scale --out figures/
     python analysis/make_curves.py --from export/dpo-beta --only dpo
 
-Each figure is written as PNG and PDF (default folder ``mlruns/analysis/figures/<sweep|all>``) with the
+Each figure is written as PNG and PDF (default folder: beside the store read — ``mlruns/analysis/figures/<sweep|all>``
+next to a SQLite ``mlflow.db``, ``<bundle>/figures/<sweep|all>`` for ``--from``; see ``default_out``) with the
 numbers behind it as CSV, and, unless ``--no-log``, logged to the sweep's parent run under
 ``analysis/figures/``. Figures whose data is absent from the selection are skipped with a message.
 """
@@ -28,7 +29,8 @@ PLOT_NAMES = ["scale", "samples_seen", "iterations", "diversity_knobs", "diversi
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make_curves.py", description=__doc__.split("\n\n")[0])
     source_arguments(p)
-    p.add_argument("--out", default=None, help="output folder (default mlruns/analysis/figures/<sweep|all>)")
+    p.add_argument("--out", default=None, help="output folder (default: beside the store read, "
+                                              "<store folder>/mlruns/analysis/figures/<sweep|all>)")
     p.add_argument("--only", action="append", choices=PLOT_NAMES, default=None,
                    help="draw only these figures (repeatable)")
     p.add_argument("--formats", default="png,pdf", help="comma-separated: png, pdf, svg")
@@ -38,6 +40,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad or not args.formats:
         p.error(f"--formats: unknown format(s) {', '.join(bad) or '(none)'}; use png, pdf, svg")
     return args
+
+
+def default_out(tracking_uri: str | None, bundle: str | None, sweep: str | None) -> Path:
+    """Where figures go without ``--out``: beside what was read. A SQLite store ``DIR/mlflow.db`` →
+    ``DIR/mlruns/analysis/figures/<sweep|all>``; a file store ``DIR`` → ``DIR/analysis/figures/…``; a bundle
+    ``B`` → ``B/figures/…``; a server (http, postgresql) → ``mlruns/analysis/figures/…`` here."""
+    from lightgen.tracking import resolve_tracking_uri
+
+    name = sweep or "all"
+    if bundle:
+        b = Path(bundle)
+        return (b if b.is_dir() else b.parent) / "figures" / name
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "mlruns" / "analysis" / "figures" / name
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(uri.removeprefix("file://").removeprefix("file:")) / "analysis" / "figures" / name
+    return Path("mlruns") / "analysis" / "figures" / name
 
 
 def draw(data, folder: Path, names: list[str], formats: list[str], sweep: str | None) -> list:
@@ -66,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightgen.errors import UserError
 
     data = load_sweep(args.tracking_uri, sweep=args.sweep, experiment=args.experiment, bundle=args.bundle)
-    out = Path(args.out) if args.out else Path("mlruns") / "analysis" / "figures" / (args.sweep or "all")
+    out = Path(args.out) if args.out else default_out(args.tracking_uri, args.bundle, args.sweep)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     sweeps = sorted(data.runs["sweep"].dropna().unique())

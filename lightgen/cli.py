@@ -14,6 +14,20 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from lightgen import __version__
+
+        typer.echo(f"lightgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """LightGen Studio: data-scale / caption-diversity / DPO ablations of LightGen, tracked in MLflow."""
+
+
 def _register_all() -> None:
     from lightgen.commands import COMMANDS
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lightgen import layout
+from lightgen import layout, progress as _progress
 from lightgen.config import ExperimentConfig
 from lightgen.tracking import TAG_CHECKPOINT, Tracker, tracked_run
 from lightgen.world import make_world
@@ -101,7 +101,13 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     t0 = time.time()
     world = make_world(cfg)
-    ds = None if (mode == "dpo" and cfg.dpo.pairs) else get_dataset(cfg, progress=progress)
+    ds = None
+    if not (mode == "dpo" and cfg.dpo.pairs):
+        _progress.phase("dataset", cfg.data.actual_size)
+        on_shard = ((lambda m: _progress.update(int(m.get("count", 0)), cfg.data.actual_size))
+                    if _progress.enabled() else None)
+        ds = get_dataset(cfg, progress=progress, **({"on_shard": on_shard} if on_shard else {}))
+        _progress.update(len(ds), cfg.data.actual_size, force=True)
     if ds is not None:
         log_dataset(tracker, ds, cfg)
     # the run's own compositions (stated and shown by its items): each toy prompt's intrain/novel split
@@ -119,6 +125,7 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
         if evaluating:
             before = evaluate(cfg, world, load_base_sampler(base, cfg), eval_root / "before", tracker, 0,
                               prefix="geneval_before", train=train_comps)
+        _progress.phase("training", cfg.dpo.iterations)
         result = dpo_train(cfg, base, ds, ckpt_dir, tracker=tracker)  # its bar follows the terminal
     else:
         from lightgen.train.pretrain import train
@@ -130,6 +137,7 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
                                            train=train_comps)
                 log_sample_grid(cfg, world, sampler, tracker, step)
 
+        _progress.phase("training", cfg.train.iterations)
         result = train(cfg, ds, ckpt_dir, tracker=tracker, eval_hook=hook)
     if result.step in summaries:
         final = summaries[result.step]
@@ -184,8 +192,11 @@ def evaluate(cfg: ExperimentConfig, world: Any, sampler: Callable, out_dir: Path
     """GenEval with the run's sampler; metrics logged at ``step`` under ``prefix``; results.jsonl as an
     artifact ``<prefix>/results.jsonl`` (the per-prompt record paired tests are built on). ``train``: the
     run's own composition set (each toy prompt's split)."""
-    from lightgen.geneval.evaluate import run_geneval
+    from lightgen.geneval.evaluate import prompt_set, run_geneval
 
+    if _progress.enabled():  # phases: sampling GenEval's images, then scoring them
+        sampler = _progress.counting_sampler(sampler, len(prompt_set(cfg, world)) * cfg.eval.images_per_prompt,
+                                             then="GenEval")
     summary, _ = run_geneval(cfg, world, sampler, out_dir, detector=_detector(cfg, world), save_images=False,
                              train=train)
     if prefix != "geneval":
@@ -204,7 +215,7 @@ def log_sample_grid(cfg: ExperimentConfig, world: Any, sampler: Callable, tracke
 
     metas = prompt_set(cfg, world)
     prompts = [m["prompt"] for m in metas[:: max(1, len(metas) // GRID_PROMPTS)][:GRID_PROMPTS]]  # every task
-    images = sampler(prompts, [0] * len(prompts))
+    images = _progress.counting_sampler(sampler, len(prompts))(prompts, [0] * len(prompts))
     tracker.log_image(_png_to_array(image_grid_png(images, prompts, ncol=4)), f"samples/grid_step{step:07d}.png")
 
 

@@ -31,11 +31,15 @@ def fake_trial(cfg: Any, *, plan: Any, job: Any, parent_run_id: str, tracking_ur
     state["starts"].append(state["step"])
     tags = {TAG_POINT: job.point.point_id, TAG_SWEEP: plan.sweep.name, TAG_STUDY: plan.study_name, TAG_TRIAL: trial.number,
             TAG_POINT_LABEL: job.point.label, TAG_JOB: job.key}
-    with tracked_run(cfg, experiment=plan.experiment_name, run_name=f"{job.point.label} · seed {job.seed}",
+    from lightgen import progress
+    from lightgen.sweep.plan import run_name
+
+    with tracked_run(cfg, experiment=plan.experiment_name, run_name=run_name(job),
                      parent_run_id=parent_run_id, tags=tags, kind="trial") as tracker:
         trial.set_user_attr("mlflow_run_id", tracker.run_id)
         state.update(pid=os.getpid(), run_id=tracker.run_id, trial=trial.number)
         write_atomic(state_file, json.dumps(state))
+        progress.phase("training", steps, state["step"])
         while state["step"] < steps:
             time.sleep(dt)
             state["step"] += 1
@@ -44,6 +48,7 @@ def fake_trial(cfg: Any, *, plan: Any, job: Any, parent_run_id: str, tracking_ur
                 raise FloatingPointError(f"loss is NaN at step {state['step']}")
             tracker.log_metrics({"train/loss": loss}, step=state["step"])
             write_atomic(state_file, json.dumps(state))
+            progress.update(state["step"], steps, f"loss {loss:.4f}")
         # a deterministic score that grows with scale, so tables have something to order
         base = min(0.95, 0.2 + 0.1 * (cfg.data.scale / 100_000) ** 0.3 + 0.01 * job.seed)
         summary = {f"geneval/{t}": round(base, 4) for t in GENEVAL_TASKS}

@@ -22,21 +22,33 @@ def image_grid_png(images: Any, captions: list[str] | None = None, ncol: int = 8
     nrow = (n + ncol - 1) // ncol
     scale = max(1, 96 // w)
     th, tw = h * scale, w * scale
-    cap_h = 24 if captions else 0
+    width = max(4, tw // 6)  # characters of the default font per tile
+    wrapped = [caption_lines(c, width) for c in captions] if captions else []
+    cap_h = 11 * max(len(x) for x in wrapped) + 2 if wrapped else 0
     canvas = Image.new("RGB", (ncol * tw, nrow * (th + cap_h)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         r, c = divmod(i, ncol)
         tile = Image.fromarray(imgs[i]).resize((tw, th), Image.NEAREST)
         canvas.paste(tile, (c * tw, r * (th + cap_h)))
-        if captions:
-            text = captions[i]
-            line1, line2 = text[: tw // 6], text[tw // 6 : 2 * (tw // 6)]
-            draw.text((c * tw + 1, r * (th + cap_h) + th), line1, fill=(0, 0, 0))
-            draw.text((c * tw + 1, r * (th + cap_h) + th + 11), line2, fill=(0, 0, 0))
+        for j, line in enumerate(wrapped[i] if wrapped else []):
+            draw.text((c * tw + 1, r * (th + cap_h) + th + 11 * j), line, fill=(0, 0, 0))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def caption_lines(text: str, width: int, max_lines: int = 4) -> list[str]:
+    """A caption word-wrapped to ``width`` characters (words are not cut unless longer than a line),
+    at most ``max_lines`` lines, the last ending in '...' when some words did not fit."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text), width=width, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = textwrap.shorten(lines[-1] + " " + "x" * width, width=width, placeholder="...") \
+            if len(lines[-1]) + 3 > width else lines[-1] + "..."
+    return lines
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:

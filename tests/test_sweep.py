@@ -224,7 +224,9 @@ def test_dry_run_lists_points_and_datasets(tmp_path):
     res = subprocess.run([sys.executable, "-m", "lightgen", "sweep", "data-scale", "--preset", "smoke", "--dry-run"],
                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert "5 points" in res.stdout and "datasets to build: 5" in res.stdout and "scale=2M" in res.stdout
+    assert "5 points" in res.stdout and "scale=2M" in res.stdout
+    # one cached stream serves all five scales (smaller ones are its prefixes): one stream to build, not five
+    assert "datasets: 5, from 1 image stream(s)" in res.stdout and "streams to build: 1" in res.stdout
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
 
 

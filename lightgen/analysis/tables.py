@@ -257,6 +257,8 @@ def build_paper_table(table: int, points: pd.DataFrame | None, notes: list[str] 
             tnotes.append(f"{int((~scored).sum())} studio point(s) without any GenEval score are not listed.")
         pts = pts[scored]
         for (world, pset), grp in pts.groupby(["world", "prompt_set"], sort=True):
+            # by sweep, then by the swept values (numeric: 100K, 200K, 500K…), not in the order runs were logged
+            grp = _sort_points(grp, [c for c in ("sweep",) if c in grp.columns] + _varying(grp))
             rows = pd.DataFrame({
                 "Model": [_studio_model(r, table) for _, r in grp.iterrows()],
                 "#Params": [_params_text(r) for _, r in grp.iterrows()],

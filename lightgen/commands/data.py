@@ -65,7 +65,8 @@ def build(
 def show(
     config: str = typer.Argument(..., help="Preset name or YAML path."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
-    out: Path = typer.Option(Path("grid.png"), "--out", help="Where to write the PNG grid of samples."),
+    out: Path = typer.Option(None, "--out", help="Where to write the PNG grid of samples "
+                                                 "(default: <tracking.root>/analysis/data/grid-<dataset>.png, beside the store)."),
     n: int = typer.Option(16, "--n", min=1, max=256, help="Number of samples in the grid."),
     seed: int = typer.Option(0, "--seed", min=0, help="Which samples (seeded choice)."),
 ) -> None:
@@ -81,6 +82,10 @@ def show(
     batch = ds.get_batch(idx)
     if "images" not in batch:
         raise UserError("this dataset stores latents only (no images) — nothing to show as a grid")
+    if out is None:  # not the current folder (a repository checkout): the store's own analysis folder
+        out = (Path(cfg.tracking.root) / "analysis" / "data"
+               / f"grid-{cfg.world.kind}-{cfg.data.scale_label}-div{cfg.data.caption_diversity}-s{cfg.data.seed}.png")
+        out.parent.mkdir(parents=True, exist_ok=True)
     if out.parent and not out.parent.exists():
         raise UserError(f"--out: folder {out.parent} does not exist")
     write_atomic(out, image_grid_png(batch["images"], batch["captions"], ncol=4))

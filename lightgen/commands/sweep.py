@@ -45,9 +45,10 @@ def sweep(
     """Run (or continue) an ablation sweep as an Optuna study; every trial is a child run in MLflow."""
     from lightgen import sweep as sw
 
-    preset = preset or _default_preset()
+    definition = sw.load_sweep(name)  # a typo'd name is refused before the default preset looks for a GPU (torch)
     overrides = _parse_sets(sets)
-    plan = sw.plan_sweep(sw.load_sweep(name), preset, overrides, seeds=seeds)
+    preset = preset or _default_preset()
+    plan = sw.plan_sweep(definition, preset, overrides, seeds=seeds)
     if dry_run:
         _print_dry_run(plan, sw.dry_run(plan))
         return
@@ -67,14 +68,43 @@ def sweep(
     opts = sw.LaunchOptions(preset=preset, sets=overrides, gpus=gpu_list, workers_per_gpu=workers_per_gpu,
                             workers=workers, storage=storage, tracking_uri=tracking_uri, runner=runner, seeds=seeds,
                             retry_failed=retry_failed)
+    from lightgen.progress import SweepProgress
+    from lightgen.sweep.launch import SweepInterrupted
+
+    view = SweepProgress(console=Console(highlight=False))  # bars on a terminal, plain lines when piped
     try:
-        result = sw.launch(name, opts, log=lambda m: console.print(m, highlight=False), plan=plan)
+        result = sw.launch(name, opts, log=lambda m: view.console.print(m, highlight=False, markup=False, soft_wrap=True), plan=plan,
+                           view=view)
     except (ConnectionError, PermissionError) as e:
         raise UserError(str(e)) from None
+    except SweepInterrupted as e:
+        print(f"interrupted: {e.running} trial{'s' if e.running != 1 else ''} stopped at their last checkpoint; "
+              "run the same command to continue", flush=True)
+        raise typer.Exit(130) from None
     _print_status(result)
     console.print(f"sweep {result['status']} in {result['wall_seconds']:.1f} s; parent run {result['parent_run_id']}")
+    _print_next_steps(plan, tracking_uri or cfg.tracking.tracking_uri, preset)
     if result["status"] != "FINISHED":
         raise typer.Exit(1)
+
+
+def _print_next_steps(plan, tracking_uri: str | None, preset: str) -> None:
+    """Where the results are and what to type next (the README's "first hour" walks through it)."""
+    from lightgen.tracking.names import DEFAULT_TRACKING_URI, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    root = plan.base_config.tracking.root
+    default = uri == DEFAULT_TRACKING_URI
+    ui = "mlflow ui" if default else f"mlflow ui --backend-store-uri {uri}"
+    src = "" if default else f" --tracking-uri {uri}"
+    print(f"results: runs in {uri.removeprefix('sqlite:///')}, artifacts, datasets and checkpoints under {root}/")
+    print(f"next:    {ui}   (http://127.0.0.1:5000: experiment {plan.experiment_name}, expand the parent run "
+          f"{plan.sweep.name}:{preset})")
+    print(f"         python analysis/make_tables.py --sweep {plan.sweep.name}{src}")
+    print(f"         python analysis/make_curves.py --sweep {plan.sweep.name}{src}")
+    if preset == "smoke":
+        print("note:    the smoke preset is a plumbing check: its scores are ~0 by design; "
+              "--preset cpu is the one that learns (benchmarks/LEARN_CPU.md)")
 
 
 def _print_dry_run(plan, info) -> None:
@@ -86,7 +116,14 @@ def _print_dry_run(plan, info) -> None:
     for p in plan.points:
         t.add_row(p.arm, p.label, p.point_id, str(p.cfg.data.actual_size), str(p.cfg.train.iterations))
     Console().print(t)
-    print(f"datasets to build: {len(info['datasets'])}")
+    streams = info.get("streams") or []
+    to_build = [s for s in streams if s["built"] < s["size"]]
+    print(f"datasets: {len(info['datasets'])}, from {len(streams)} image stream(s) (a smaller scale is a prefix of "
+          f"its stream); streams to build: {len(to_build)}")
+    for st in streams:
+        state = ("already built" if st["built"] >= st["size"] else
+                 f"{st['built']:,} built, {st['size'] - st['built']:,} to build" if st["built"] else "to build")
+        print(f"  {st['size']:,} images for scale {', '.join(st['scales'])}: {state}")
     for d in info["datasets"]:
         print(f"  scale {d['scale']} (actual {d['actual']}), diversity {d['diversity']}, seed {d['seed']}, {d['resolution']} px")
     print(f"checkpoints: {len(info['checkpoints'])} under {plan.base_config.tracking.root}/checkpoints/")

@@ -53,7 +53,8 @@ def _load_rgb(path: str, size: int):
 
 @user_errors
 def sample(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder (or a run folder: its newest)."),
+    checkpoint: str = typer.Option(..., "--checkpoint",
+                                   help="Checkpoint folder (or a run folder: its newest) or an MLflow run id (its checkpoint tag)."),
     prompt: list[str] = typer.Option(..., "--prompt", help="Prompt (repeatable)."),
     n: int = typer.Option(4, "--n", min=1, help="Images per prompt."),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -63,8 +64,10 @@ def sample(
     size: int = typer.Option(None, "--size", help="Resolution (must match the checkpoint's data.resolution)."),
     sets: list[str] = typer.Option(None, "--set", help="Sampling overrides, e.g. --set eval.cfg=3 --set eval.num_iter=32."),
     weights: str = typer.Option("ema", "--weights", help="ema (default) or model."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri",
+                                     help="MLflow store holding the run id (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
 ) -> None:
-    """Sample images from a checkpoint for prompts (optionally inpainting)."""
+    """Sample images from a checkpoint or an MLflow run's checkpoint for prompts (optionally inpainting)."""
     import numpy as np
     import torch
 
@@ -78,7 +81,10 @@ def sample(
         raise UserError(f"--weights must be 'ema' or 'model', got {weights!r}")
     if (inpaint is None) != (mask is None):
         raise UserError("--inpaint and --mask must be given together")
-    model, cfg = load_checkpoint(checkpoint, weights=weights)
+    from lightgen.train.checkpoint import resolve_source
+
+    folder, _ = resolve_source(checkpoint, tracking_uri, what="--checkpoint")  # a folder, or a run's checkpoint
+    model, cfg = load_checkpoint(folder, weights=weights)
     if sets:
         bad = [s for s in sets if not s.startswith("eval.")]
         if bad:

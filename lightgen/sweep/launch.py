@@ -45,10 +45,48 @@ def ensure_parent_run(plan: Plan, tracking_uri: str) -> str:
 
     params = {**config_params(plan.base_config), TAG_SWEEP: plan.sweep.name,
               "sweep.seeds": plan.seeds, "sweep.points": len(plan.points), "sweep.mode": plan.sweep.mode}
+    _describe_experiment(plan, tracking_uri)
     return tracking.ensure_parent_run(
         tracking_uri, plan.experiment_name, plan.study_name, run_name=f"{plan.sweep.name}:{plan.preset}",
-        tags={TAG_SWEEP: plan.sweep.name, TAG_PRESET: plan.preset, TAG_WORLD: plan.base_config.world.kind},
+        tags={TAG_SWEEP: plan.sweep.name, TAG_PRESET: plan.preset, TAG_WORLD: plan.base_config.world.kind,
+              TAG_NOTE: parent_description(plan)},
         params=params, texts={"sweep.json": redact(plan.sweep.model_dump_json(indent=2)), "pip-freeze.txt": pip_freeze()})
+
+
+TAG_NOTE = "mlflow.note.content"  # the description MLflow's UI shows on an experiment's or a run's page
+
+
+def experiment_description(plan: Plan) -> str:
+    s = plan.sweep
+    return (f"{s.description}\n\nEach launch of `lightgen sweep {s.name} --preset P` is one parent run named "
+            f"`{s.name}:P`; expand it (the + beside its name) to see one child run per point and seed, named by "
+            f"the swept value (`scale=1K · seed 0`). The objective is `{s.objective}`: add it as a column, or open "
+            f"Chart view to plot it against the swept parameter. Tables and figures: "
+            f"`python analysis/make_tables.py --sweep {s.name}`, `python analysis/make_curves.py --sweep {s.name}`.")
+
+
+def parent_description(plan: Plan) -> str:
+    s = plan.sweep
+    swept = sorted({k for p in plan.points for k in p.overrides})
+    text = (f"{s.description} Preset `{plan.preset}`: {len(plan.points)} points × {plan.seeds} seed(s), "
+            f"varying {', '.join(swept) or 'nothing (one point)'}; objective `{s.objective}` "
+            f"(each child run's metric; the study's status: `lightgen sweep {s.name} --preset {plan.preset} --status`).")
+    if plan.preset == "smoke":
+        text += (" This is the smoke preset: a plumbing check whose scores are ~0 by design; "
+                 "the `cpu` preset is the one that learns.")
+    return text
+
+
+def _describe_experiment(plan: Plan, tracking_uri: str) -> None:
+    """The experiment's description (``mlflow.note.content``), set once; a user's own edit is kept."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import get_or_create_experiment
+
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(plan.experiment_name, tracking_uri)
+    if TAG_NOTE not in client.get_experiment(exp_id).tags:
+        client.set_experiment_tag(exp_id, TAG_NOTE, experiment_description(plan))
 
 
 @dataclass
@@ -64,6 +102,15 @@ class LaunchOptions:
     max_restarts: int = 20
     seeds: int | None = None
     retry_failed: bool = False
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the launcher: ``running`` trials were stopped at their last checkpoint
+    (their runs KILLED); the same command continues the sweep."""
+
+    def __init__(self, running: int) -> None:
+        super().__init__(f"{running} trial(s) interrupted")
+        self.running = running
 
 
 def resolve_workers(opts: LaunchOptions, cfg: ExperimentConfig) -> list[dict[str, str]]:
@@ -92,10 +139,16 @@ def _cuda_device_count() -> int:
         return 0
 
 
-def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | None = None) -> dict[str, Any]:
+def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | None = None,
+           view: Any = None) -> dict[str, Any]:
     """Run (or continue) a sweep to completion; ``plan`` (else planned here from ``name``) is written once
-    to ``<root>/optuna/<study>.plan.json``, which every worker reads. Returns a summary dict."""
+    to ``<root>/optuna/<study>.plan.json``, which every worker reads. Returns a summary dict. Workers'
+    output goes through ``view`` (a :class:`lightgen.progress.SweepProgress`, made here when not given):
+    labelled progress per trial. Ctrl-C stops the workers and raises :class:`SweepInterrupted`."""
+    from lightgen.progress import SweepProgress
     from lightgen.tracking import check_reachable, ensure_store
+
+    view = view if view is not None else SweepProgress()
 
     _resolve_runner(opts.runner)  # refuse a runner outside the allowed modules before anything starts
     if plan is None:
@@ -123,6 +176,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
     restarts = 0
     status = "FINISHED"
     procs: dict[int, tuple[subprocess.Popen, dict[str, str]]] = {}
+    prev_sigint = None
     try:
         with file_lock(lock):
             reaped = reap_dead_trials(study, tracking_uri)
@@ -140,8 +194,10 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
                f"again with --retry-failed" if held else ""))
         if not _has_waiting(study) and not (plan.sweep.sampler == "tpe" and plan.sweep.budget):
             workers_env = []  # nothing to do: a finished sweep re-run does nothing new
+        if workers_env:
+            view.start()
         for env in workers_env:
-            p = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file)
+            p = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file, view)
             procs[p.pid] = (p, env)
         while procs:
             time.sleep(0.5)
@@ -150,6 +206,8 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
                 if rc is None:
                     continue
                 del procs[pid]
+                _drain(p)
+                view.worker_gone(pid)
                 if rc != 0:
                     # a dead worker: fail its trial, mark its run KILLED, put the job back, replace it
                     with file_lock(lock):
@@ -158,7 +216,7 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
                     log(f"worker {pid} died (exit {rc}); requeued {dead or 'nothing'}")
                     if restarts < opts.max_restarts and _has_waiting(study):
                         restarts += 1
-                        np_ = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file)
+                        np_ = _spawn_worker(name, opts, storage_url, tracking_uri, parent, env, plan_file, view)
                         procs[np_.pid] = (np_, env)
                     elif restarts >= opts.max_restarts:
                         status = "FAILED"
@@ -171,17 +229,26 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
             time.sleep(1.0)
     except KeyboardInterrupt:
         status = "KILLED"
+        with contextlib.suppress(ValueError):  # a second Ctrl-C must not cut the clean-up short
+            prev_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        running = len(view.running) or len(procs)
+        view.mute()  # the workers' shutdown (their KeyboardInterrupt) is not shown
         for p, _ in procs.values():
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
         for p, _ in procs.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
-        raise
+            _drain(p)
+        with contextlib.suppress(Exception):  # a worker stopped before its run could end itself: KILLED here
+            reap_dead_trials(study, tracking_uri, pids=set(procs))
+            _kill_left_runs(tracking_uri, parent, set(procs))
+        raise SweepInterrupted(running) from None
     except BaseException:
         status = "FAILED"
         raise
     finally:
+        view.stop()
         with contextlib.suppress(OSError):
             me.unlink()
         summary = sweep_status(plan, study)
@@ -192,10 +259,30 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
         tracking.close_parent_run(tracking_uri, parent, {"sweep/complete": summary["complete"],
                                                          "sweep/wall_seconds": time.time() - t0},
                                   None if others else (status if status != "RUNNING" else "FAILED"))
+        if prev_sigint is not None:
+            signal.signal(signal.SIGINT, prev_sigint)
     summary["wall_seconds"] = time.time() - t0
     summary["parent_run_id"] = parent
     summary["status"] = status
     return summary
+
+
+def _kill_left_runs(tracking_uri: str, parent: str, pids: set[int]) -> None:
+    """Child runs of ``parent`` still RUNNING whose worker (tag ``lightgen.pid``) was one of ``pids``: KILLED
+    (a worker interrupted while its run was being opened, before the run could end itself)."""
+    from mlflow.tracking import MlflowClient
+
+    from lightgen.tracking import mark_stale_runs
+    from lightgen.tracking.names import TAG_PID
+
+    if not pids:
+        return
+    client = MlflowClient(tracking_uri)
+    exp = client.get_run(parent).info.experiment_id
+    left = client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and attributes.status = 'RUNNING'")
+    ids = [r.info.run_id for r in left if r.data.tags.get(TAG_PID, "").isdigit() and int(r.data.tags[TAG_PID]) in pids]
+    if ids:
+        mark_stale_runs("", tracking_uri, run_ids=ids, status="KILLED")
 
 
 def _register_launcher(folder: Path) -> Path:
@@ -238,10 +325,11 @@ def _check_writable(root: Path) -> None:
 
 
 def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri: str, parent: str,
-                  env_extra: dict[str, str], plan_file: Path | None = None) -> subprocess.Popen:
+                  env_extra: dict[str, str], plan_file: Path | None = None, view: Any = None) -> subprocess.Popen:
     """A worker process running the plan file the launcher wrote (without one: planning ``name`` itself).
     Storage URL, tracking URI and --set values (any of which may hold a password) go through the
-    environment, never the command line that ``ps`` shows to every user."""
+    environment, never the command line that ``ps`` shows to every user. With a ``view``, the worker's
+    stdout and stderr come through one pipe to it (progress events and labelled lines)."""
     cmd = [sys.executable, "-m", "lightgen.sweep"]
     if plan_file is not None:
         cmd += ["--plan", str(plan_file)]
@@ -252,4 +340,19 @@ def _spawn_worker(name: str, opts: LaunchOptions, storage_url: str, tracking_uri
         cmd += ["--runner", opts.runner]
     env = {**os.environ, **env_extra, "PYTHONUNBUFFERED": "1", ENV_STORAGE: storage_url, ENV_TRACKING: tracking_uri,
            ENV_SETS: json.dumps(opts.sets, default=str)}
-    return subprocess.Popen(cmd, env=env, cwd=os.getcwd())
+    if view is None:
+        return subprocess.Popen(cmd, env=env, cwd=os.getcwd())
+    from lightgen.progress import ENV_EVENTS, read_lines
+
+    env[ENV_EVENTS] = "1"
+    p = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, encoding="utf-8", errors="replace", bufsize=1)
+    p._lightgen_reader = read_lines(p.stdout, p.pid, view.feed)  # type: ignore[attr-defined]
+    return p
+
+
+def _drain(p: subprocess.Popen) -> None:
+    """Wait (briefly) until a finished worker's last lines have reached the view."""
+    reader = getattr(p, "_lightgen_reader", None)
+    if reader is not None:
+        reader.join(timeout=5)

@@ -146,6 +146,42 @@ def _label(overrides: dict[str, Any]) -> str:
     return ", ".join(parts) or "base"
 
 
+SHORT_KEYS = {"caption_diversity": "D", "iterations": "iters", "beta": "β"}
+"""Short names of swept keys in run names (the UI's run-name column is narrow)."""
+
+
+def short_label(overrides: dict[str, Any]) -> str:
+    """A point's short name for run names and progress bars: ``scale=1K``, ``D=0.5``, ``coverage=0.25``."""
+    parts = []
+    for k, v in overrides.items():
+        if k == "data.scale":
+            v = size_label(parse_size(v))
+        leaf = k.split(".")[-1]
+        parts.append(f"{SHORT_KEYS.get(leaf, leaf)}={v}")
+    return ", ".join(parts) or "base"
+
+
+def run_name(job: "Job") -> str:
+    """The MLflow run name of a job: ``D=0.5 · seed 0``."""
+    return f"{short_label(job.point.overrides)} · seed {job.seed}"
+
+
+def _refuse_swept_sets(sweep: SweepDef, arms: list, sets: dict[str, Any]) -> None:
+    """``--set`` of a key the sweep itself sets per point would be overridden by the grid without a word:
+    refused, naming the key (exit code 2). Keys of the sweep's ``base`` may be set (they are not swept)."""
+    for key in sets:
+        for arm in arms:
+            values = arm.grid.get(key) or arm.zip.get(key)
+            if values is not None or key in arm.fixed:
+                what = (f"varies it over {', '.join(str(v) for v in values)}" if values is not None
+                        else f"fixes it to {arm.fixed[key]}")
+                raise ConfigError(f"--set {key}: sweep '{sweep.name}' {what} (arm '{arm.name}'), so a value set "
+                                  f"here would be ignored; drop --set {key}, or pick the points with a sweep file of your own")
+        if key in sweep.search:
+            raise ConfigError(f"--set {key}: sweep '{sweep.name}' searches it ({sweep.search[key].low}…"
+                              f"{sweep.search[key].high}), so a value set here would be ignored; drop --set {key}")
+
+
 def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None, seeds: int | None = None) -> Plan:
     """Resolve a sweep at a preset: validate every point against the config schema."""
     settings = sweep.presets.get(preset, PresetSettings())
@@ -160,6 +196,7 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
         raise ConfigError(f"sweep '{sweep.name}' at preset '{preset}': objective {sweep.objective!r} is a GenEval "
                           "metric but eval.enabled is false, so no trial would log it")
     arms = [a for a in sweep.arms if settings.arms is None or a.name in settings.arms]
+    _refuse_swept_sets(sweep, arms, sets or {})
     seen: dict[str, Point] = {}
     for arm in arms:
         for swept in arm.combos():
@@ -181,6 +218,7 @@ def plan_sweep(sweep: SweepDef, preset: str, sets: dict[str, Any] | None = None,
 def dry_run(plan: Plan) -> dict[str, Any]:
     """Points, datasets and checkpoints to build, and a compute estimate (no side effects)."""
     datasets: dict[str, dict[str, Any]] = {}
+    streams: dict[str, dict[str, Any]] = {}  # what is actually built: one cached stream serves every prefix of it
     ckpts = []
     total_samples = 0
     total_flops = 0.0
@@ -189,12 +227,44 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         datasets.setdefault(_dataset_key(cfg), {"scale": cfg.data.scale_label, "actual": cfg.data.actual_size,
                                    "diversity": cfg.data.caption_diversity, "seed": cfg.data.seed,
                                    "resolution": cfg.data.resolution})
+        skey, folder = _stream_of(cfg)
+        st = streams.setdefault(skey, {"folder": folder, "size": 0, "scales": []})
+        st["size"] = max(st["size"], cfg.data.actual_size)
+        if cfg.data.scale_label not in st["scales"]:
+            st["scales"].append(cfg.data.scale_label)
         ckpts.append(str(layout.checkpoint_dir(cfg, job.point.point_id, job.seed)))
         samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
         total_samples += samples
         total_flops += samples * _flops_per_sample(cfg)
+    for st in streams.values():
+        st["built"] = min(st["size"], _built_count(st.pop("folder")))
     return {"points": plan.points, "jobs": len(plan.jobs), "datasets": list(datasets.values()),
+            "streams": list(streams.values()),
             "checkpoints": ckpts, "samples": total_samples, "train_flops": total_flops}
+
+
+def _stream_of(cfg: ExperimentConfig) -> tuple[str, Any]:
+    """The cached image stream a job's dataset is a prefix of (toy world), and its folder; a real-world
+    dataset is its own stream (no folder known before it is built)."""
+    if cfg.world.kind == "toy":
+        from lightgen.data.toy import cache_root, resolve_storage, stream_identity, stream_key
+
+        key = stream_key(stream_identity(cfg, resolve_storage(cfg)))
+        return key, cache_root(cfg) / key
+    return _dataset_key(cfg), None
+
+
+def _built_count(folder: Any) -> int:
+    """Images already in a stream's cache (its manifest's count); 0 when none or unreadable."""
+    if folder is None:
+        return 0
+    from lightgen.data import store
+
+    try:
+        manifest = store.read_manifest(folder)
+    except Exception:  # noqa: BLE001 - a dry run only reports; the build itself checks the cache
+        return 0
+    return int((manifest or {}).get("count", 0))
 
 
 def _dataset_key(cfg: ExperimentConfig) -> str:

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lightgen import layout
+from lightgen import layout, progress
 from lightgen.config import ConfigError, ExperimentConfig, load_config
 from lightgen.pipeline import experiment_name, run
 from lightgen.redact import redact
-from lightgen.sweep.plan import Job, Plan, Point, _label, read_plan
+from lightgen.sweep.plan import Job, Plan, Point, _label, read_plan, run_name
 from lightgen.sweep.study import ATTR_FAILURE, ATTR_PERMANENT, JOB_ATTR, get_study, open_storage
 from lightgen.tracking import (TAG_ARM, TAG_ATTEMPT, TAG_BASE_RUN, TAG_JOB, TAG_POINT, TAG_POINT_LABEL, TAG_RESUMED_FROM,
                                TAG_STUDY, TAG_SWEEP, TAG_TRIAL, Tracker)
@@ -71,16 +71,20 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
         trial.set_user_attr("worker_host", socket.gethostname())
         trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         cfg = plan.job_config(job)
+        progress.start_trial(run_name(job))
         try:
             value = run_fn(cfg, plan=plan, job=job, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                            trial=trial)
         except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
             trial.set_user_attr(ATTR_PERMANENT, True)
             trial.set_user_attr(ATTR_FAILURE, redact(f"{type(e).__name__}: {e}")[:1000])
+            progress.end_trial(f"FAILED ({type(e).__name__}: {redact(str(e))[:200]})")
             raise
         except Exception as e:
             trial.set_user_attr(ATTR_FAILURE, redact(f"{type(e).__name__}: {e}")[:1000])
+            progress.end_trial(f"FAILED ({type(e).__name__}: {redact(str(e))[:200]})")
             raise
+        progress.end_trial("FINISHED", float(value))
         return float(value)
 
     while True:
@@ -139,7 +143,7 @@ def run_trial(cfg: ExperimentConfig, *, plan: Any, job: Any, parent_run_id: str,
         carry_over_history(tracker, trial, job.key, ckpt_dir)
 
     result = run(cfg, ckpt_dir, mode=plan.sweep.mode, base=base, experiment=experiment_name(cfg, sweep=plan.sweep.name),
-                 run_kind="trial", run_name=f"{job.point.label} · seed {job.seed}", parent_run_id=parent_run_id,
+                 run_kind="trial", run_name=run_name(job), parent_run_id=parent_run_id,
                  tags=tags, on_start=started,
                  params={TAG_POINT_LABEL: job.point.label, TAG_ARM: job.point.arm, TAG_SWEEP: plan.sweep.name,
                          **({"dpo.base_run_id": base_run} if base else {})})

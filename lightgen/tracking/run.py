@@ -164,10 +164,14 @@ def tracked_run(
         client.set_tag(run_id, TAG_PID, str(os.getpid()))
         client.set_tag(run_id, TAG_HOST, socket.gethostname())
     tracker = Tracker(run_id, uri)
-    if log_config:
-        tracker.log_params(config_params(cfg))
-        tracker.log_text(redact(cfg.to_yaml()), "config.yaml")
-        tracker.log_text(pip_freeze(), "pip-freeze.txt")
+    try:
+        if log_config:
+            tracker.log_params(config_params(cfg))
+            tracker.log_text(redact(cfg.to_yaml()), "config.yaml")
+            tracker.log_text(pip_freeze(), "pip-freeze.txt")
+    except BaseException as e:  # Ctrl-C while the run is being set up: not left RUNNING either
+        _safe_end(tracker, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
+        raise
 
     previous = signal.getsignal(signal.SIGTERM)
 

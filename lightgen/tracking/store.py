@@ -131,6 +131,12 @@ def ensure_store(tracking_uri: str | None = None) -> str:
     return uri
 
 
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment by its kind: ``custom_model_development`` (model training) shows the
+training runs table first, instead of the GenAI view (traces, "Evaluation runs") it infers otherwise."""
+
+
 def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     """Create the experiment once (before spawning workers: concurrent creation races)."""
     from mlflow.tracking import MlflowClient
@@ -139,9 +145,11 @@ def get_or_create_experiment(name: str, tracking_uri: str | None = None) -> str:
     client = MlflowClient(ensure_store(tracking_uri))
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if TAG_EXPERIMENT_KIND not in exp.tags:  # made by an older studio: the UI would open its GenAI view
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except Exception:  # created by a racing process meanwhile
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -305,6 +305,9 @@ def dpo_train(cfg: ExperimentConfig, base: str | Path, dataset: Any, ckpt_dir: s
                     tracker.log_metrics(metrics, step=done)
                 if bar is not None:
                     bar.update(bar.task_ids[0], completed=done, loss=objective)
+                from lightgen import progress as progress_events
+
+                progress_events.update(done, dc.iterations, f"objective {objective:.4f}")
                 for v in sums.values():
                     v.zero_()
                 n_stat = n_sft = 0

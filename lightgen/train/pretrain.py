@@ -283,6 +283,8 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
         return loop.save(ckpt_dir, step, model, ema, opt, cfg, vocab, tracker,
                          {"flops_per_sample": flops_per_sample, "device_seconds": device_seconds})
 
+    from lightgen import progress as progress_events
+
     # ---- loop --------------------------------------------------------------------------------------
     show = (sys.stderr.isatty() if progress is None else progress) and is_main
     bar = _progress(show)
@@ -340,6 +342,8 @@ def train(cfg: ExperimentConfig, dataset: Any, ckpt_dir: str | Path, tracker: An
                     tracker.log_metrics(metrics, step=done)
                 if bar:
                     bar.update(task, completed=done, loss=mean_loss, ips=ips)
+                if is_main:
+                    progress_events.update(done, tc.iterations, f"loss {mean_loss:.4f} · {ips:.0f} img/s")
                 loss_acc.zero_()
                 n_acc, t_log = 0, now
             if ckpt_now:
