@@ -1,0 +1,245 @@
+"""DRAFT (2026-12-03, issue #17): written but not yet run or tested, and not wired into
+analysis/make_tables.py; nothing imports it. Finish, test against a hand-computed H1, then wire.
+
+The pre-registered hypotheses (``study/hypotheses.yaml``) computed from logged runs: one table, H1–H4 + controls.
+
+For each hypothesis the runs of its sweep are matched to its arms by point selectors (param values, the arm
+tag ``arm``, the training ``seeds``); the contrast Σ_a w_a·score(a) is the task-balanced GenEval score on the
+hypothesis' prompt split (and tasks). The unit of inference is the training seed: the estimate and p come
+from :func:`lightgen.analysis.stats.seed_level_test` on per-seed scores (paired by seed index within strata,
+e.g. world seeds, or unpaired), the CI from :func:`lightgen.analysis.stats.crossed_bootstrap` over the
+per-image results (one prompt resample shared by all seeds per replicate). Holm's correction runs within
+each family (confirmatory: H1–H4; controls). Verdicts: supported / not supported / not run (arms missing,
+named); controls: detected / not detected, and whether that is what the control must show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lightgen.analysis import stats
+from lightgen.analysis.render import Block, Table
+from lightgen.config import REPO_ROOT
+from lightgen.errors import UserError
+from lightgen.sizes import parse_size
+from lightgen.yamlfile import load_yaml
+
+HYPOTHESES_FILE = REPO_ROOT / "study" / "hypotheses.yaml"
+SPLITS = ("intrain", "novel", "heldout", "all")
+COLUMNS = ["ID", "Family", "Hypothesis", "Sweep", "Split", "Seeds", "Estimate", "CI (95%)", "p (seed t)",
+           "p (seed perm.)", "p (Holm)", "Verdict"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hypothesis(_Strict):
+    id: str
+    family: str = "confirmatory"
+    text: str = ""
+    sweep: str
+    split: Literal["intrain", "novel", "heldout", "all"] = "all"
+    tasks: list[str] | None = None
+    paired: bool = True
+    strata: str | None = None
+    arms: dict[str, dict[str, Any]]
+    contrast: dict[str, float]
+    direction: Literal["greater", "less", "two-sided"] = "greater"
+    expect: Literal["detect", "no-effect"] | None = None
+
+    @model_validator(mode="after")
+    def _arms(self) -> "Hypothesis":
+        unknown = sorted(set(self.contrast) - set(self.arms))
+        if unknown:
+            raise ValueError(f"contrast names unknown arm(s) {', '.join(unknown)}")
+        if not self.paired and (len(self.contrast) != 2 or sum(self.contrast.values()) != 0):
+            raise ValueError("an unpaired contrast needs exactly two arms with weights +w and -w")
+        return self
+
+
+class HypothesisFile(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    hypotheses: list[Hypothesis]
+
+
+def load_hypotheses(path: str | Path | None = None) -> HypothesisFile:
+    p = Path(path) if path is not None else HYPOTHESES_FILE
+    if not p.is_file():
+        raise UserError(f"hypotheses file not found: {p}")
+    data = load_yaml(p, "hypotheses file", not_mapping="a hypotheses file must be a mapping")
+    try:
+        return HypothesisFile.model_validate(data)
+    except ValidationError as e:
+        msgs = "; ".join(".".join(map(str, err["loc"])) + ": " + err["msg"].removeprefix("Value error, ")
+                         for err in e.errors())
+        raise UserError(f"invalid hypotheses file {p}: {msgs}") from None
+
+
+@dataclass
+class HypothesisResult:
+    h: Hypothesis
+    estimate: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+    p_value: float = float("nan")
+    p_perm: float = float("nan")
+    p_holm: float = float("nan")
+    n_seeds: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    note: str = ""
+    verdict: str = ""
+
+
+def _same(value: Any, want: Any, key: str) -> bool:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return False
+    if key == "data.scale":
+        try:
+            return parse_size(value) == parse_size(want)
+        except Exception:  # noqa: BLE001 - an unparsable logged value simply does not match
+            return False
+    try:
+        return float(value) == float(want)
+    except (TypeError, ValueError):
+        return str(value) == str(want)
+
+
+def _param(runs: pd.DataFrame, key: str) -> pd.Series:
+    if key == "arm":
+        col = "tags.lightgen.arm"
+    else:
+        col = f"params.{key}"
+    return runs[col] if col in runs.columns else pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def select_arm(runs: pd.DataFrame, selector: dict[str, Any]) -> pd.DataFrame:
+    """The runs whose params (``arm``: the arm tag; ``seeds``: training seeds) match ``selector``."""
+    mask = np.ones(len(runs), dtype=bool)
+    for key, want in selector.items():
+        if key == "seeds":
+            mask &= runs["seed"].isin([int(s) for s in want]).to_numpy()
+            continue
+        col = _param(runs, key)
+        mask &= np.array([_same(v, want, key) for v in col], dtype=bool)
+    return runs[mask]
+
+
+def _verdict(h: Hypothesis, r: HypothesisResult, alpha: float) -> str:
+    if r.missing:
+        return "not run (missing: " + ", ".join(r.missing) + ")"
+    if not np.isfinite(r.p_holm):
+        return "not run (" + (r.note or "too few seeds") + ")"
+    signif = r.p_holm < alpha
+    right_sign = (h.direction == "two-sided" or (h.direction == "greater" and r.estimate > 0)
+                  or (h.direction == "less" and r.estimate < 0))
+    detected = signif and right_sign
+    if h.expect == "detect":
+        return "detected (control passes)" if detected else "NOT detected (control FAILS)"
+    if h.expect == "no-effect":
+        return "detected (control FAILS)" if signif else "not detected (control passes)"
+    return "supported" if detected else "not supported"
+
+
+def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: int = 2000,
+             seed: int = 0) -> HypothesisResult:
+    """Estimate, CI and seed-level p of one hypothesis (Holm and the verdict are set by :func:`evaluate_all`)."""
+    r = HypothesisResult(h)
+    runs = runs[runs["sweep"] == h.sweep] if "sweep" in runs.columns else runs.iloc[0:0]
+    arm_of: dict[str, str] = {}
+    for name, sel in h.arms.items():
+        picked = select_arm(runs, sel)
+        taken = [rid for rid in picked["run_id"] if rid in arm_of]
+        if taken:
+            r.note = f"arm {name} overlaps another arm"
+        arm_of.update({rid: name for rid in picked["run_id"]})
+        r.n_seeds[name] = int(picked["seed"].nunique())
+        if picked.empty:
+            r.missing.append(name)
+    if r.missing:
+        return r
+    sel = runs[runs["run_id"].isin(arm_of)]
+    strata = _param(sel, h.strata).astype(str) if h.strata else pd.Series("0", index=sel.index)
+    meta = pd.DataFrame({"run_id": sel["run_id"], "arm": sel["run_id"].map(arm_of), "stratum": strata.to_numpy(),
+                         "seed": sel["seed"].to_numpy()})
+    res = results[results["run_id"].isin(arm_of)] if len(results) else results
+    if h.split != "all" and len(res):
+        res = res[res["split"] == h.split]
+    if h.tasks and len(res):
+        res = res[res["task"].isin(h.tasks)]
+    have = set(res["run_id"]) if len(res) else set()
+    if have >= set(arm_of):
+        long = res.drop(columns=["seed"], errors="ignore").merge(meta, on="run_id")
+        scores = stats.per_seed_scores(long)
+        ci = stats.crossed_bootstrap(long, h.contrast, paired=h.paired, n_boot=n_boot, seed=seed)
+        r.low, r.high = ci.low, ci.high
+    else:
+        metric = "geneval" if h.split == "all" else f"geneval_{h.split}"
+        if h.tasks:
+            vals = [pd.to_numeric(sel.get(f"metrics.{metric}/{t}"), errors="coerce") for t in h.tasks]
+            score = pd.concat(vals, axis=1).mean(axis=1) if all(v is not None for v in vals) else None
+        else:
+            score = pd.to_numeric(sel.get(f"metrics.{metric}/overall"), errors="coerce")
+        if score is None or score.isna().all():
+            r.note = f"no per-image results and no logged {metric} metric"
+            return r
+        scores = meta.assign(score=score.to_numpy()).dropna(subset=["score"])
+        r.note = "logged metrics (no per-image results): CI from seeds only"
+    t = stats.seed_level_test(scores, h.contrast, paired=h.paired, seed=seed)
+    r.estimate, r.p_value, r.p_perm = t.estimate, t.p_value, t.p_perm
+    if not np.isfinite(r.low):   # no per-image results: t-interval over seeds
+        from scipy import stats as sps
+
+        if h.paired and t.n_units >= 2:
+            d = stats._contrast_units(scores, h.contrast).to_numpy()
+            half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+            r.low, r.high = r.estimate - half, r.estimate + half
+    return r
+
+
+def evaluate_all(hf: HypothesisFile, runs: pd.DataFrame, results: pd.DataFrame, n_boot: int = 2000,
+                 seed: int = 0) -> list[HypothesisResult]:
+    out = [evaluate(h, runs, results, n_boot=n_boot, seed=seed) for h in hf.hypotheses]
+    for fam in dict.fromkeys(h.family for h in hf.hypotheses):
+        idx = [i for i, r in enumerate(out) if r.h.family == fam]
+        adj = stats.holm([out[i].p_value for i in idx])
+        for i, a in zip(idx, adj):
+            out[i].p_holm = float(a)
+    for r in out:
+        r.verdict = _verdict(r.h, r, hf.alpha)
+    return out
+
+
+def _fmt(v: float, digits: int = 4) -> float:
+    return round(float(v), digits) if np.isfinite(v) else float("nan")
+
+
+def hypotheses_table(results: list[HypothesisResult], alpha: float = 0.05) -> Table:
+    blocks = []
+    for fam in dict.fromkeys(r.h.family for r in results):
+        rows = [{
+            "ID": r.h.id, "Family": fam, "Hypothesis": r.h.text, "Sweep": r.h.sweep,
+            "Split": {"all": "standard", "intrain": "In-train", "novel": "Novel", "heldout": "Held-out"}[r.h.split]
+                     + (f" ({', '.join(r.h.tasks)})" if r.h.tasks else ""),
+            "Seeds": ", ".join(f"{a} {n}" for a, n in r.n_seeds.items()),
+            "Estimate": _fmt(r.estimate),
+            "CI (95%)": "n/a" if not (np.isfinite(r.low) and np.isfinite(r.high)) else f"[{r.low:.3f}, {r.high:.3f}]",
+            "p (seed t)": _fmt(r.p_value), "p (seed perm.)": _fmt(r.p_perm), "p (Holm)": _fmt(r.p_holm),
+            "Verdict": r.verdict,
+        } for r in results if r.h.family == fam]
+        blocks.append(Block(f"family: {fam}", pd.DataFrame(rows, columns=COLUMNS), bold=False))
+    notes = [f"Pre-registered in study/hypotheses.yaml; α = {alpha}; Holm within each family. Unit of inference: "
+             "the training seed — p (seed t): paired t-test on per-seed contrasts (seeds matched by index, within "
+             "strata such as world seeds) or Welch's t-test when unpaired; p (seed perm.): exact sign-flip / label "
+             "permutation on the same per-seed scores; CI: crossed bootstrap (seeds × one prompt resample shared "
+             "by all seeds), est ± t·SE.",
+             "Verdict 'supported' needs p (Holm) < α and the predicted sign; 'not run' names the missing arms."]
+    notes += [f"{r.h.id}: {r.note}" for r in results if r.note and not r.missing]
+    return Table("Hypotheses (pre-registered) and controls", COLUMNS, blocks, notes, False,
+                 numeric=[], name="hypotheses")
