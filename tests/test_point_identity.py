@@ -23,7 +23,7 @@ def test_dpo_points_never_share_an_identity_with_pretraining_points():
     scale = plan_sweep(load_sweep("data-scale"), "smoke")
     dpo = plan_sweep(load_sweep("dpo-beta"), "smoke")
     assert not {p.point_id for p in scale.points} & {p.point_id for p in dpo.points}
-    default_beta = next(p for p in dpo.points if p.overrides.get("dpo.beta") == 5000)
+    default_beta = next(p for p in dpo.points if p.overrides.get("dpo.beta") is not None)
     assert default_beta.point_id.startswith("dpo-")
     assert next(p for p in dpo.points if p.arm == "sft").point_id.startswith("sft-")
     # the base is part of a DPO point's identity; pre-training keeps the plain config hash

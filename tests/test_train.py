@@ -210,7 +210,7 @@ def test_sample_cli(ds, tmp_path):
                             "--mask", str(tmp_path / "mask.png"), "--set", "eval.num_iter=2"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "nope"), "--prompt", "x"])
-    assert r.exit_code == 2 and "not found" in r.output
+    assert r.exit_code == 2 and "nope" in r.output and "neither an existing checkpoint folder" in r.output
     r = runner.invoke(app, ["sample", "--checkpoint", str(res.checkpoint), "--prompt", "x", "--size", "512"])
     assert r.exit_code == 2 and "512" in r.output
 
