@@ -4,6 +4,10 @@
     python analysis/make_tables.py                              # all sweeps in ./mlflow.db, Markdown
     python analysis/make_tables.py --sweep data-scale --format latex --out tables.tex
     python analysis/make_tables.py --from export/data-scale --format csv --out tables.csv
+    python analysis/make_tables.py --from study/runs            # + the pre-registered hypotheses table
+
+The hypotheses table (H1–H4 and the controls of ``study/hypotheses.yaml``, or ``--hypotheses FILE``) is
+built when the runs hold any of its sweeps, or always with ``--only hypotheses``.
 
 Paper rows come from ``lightgen/analysis/paper_tables.csv`` (numbers of arXiv:2503.08619) and are kept
 in their own block; studio rows are grouped by world and prompt set and toy-world rows are labelled
@@ -32,10 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source_arguments(p)
     p.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
-    p.add_argument("--only", choices=["all", "paper", "ablation"], default="all",
+    p.add_argument("--only", choices=["all", "paper", "ablation", "hypotheses"], default="all",
                    help="which tables to build (default: all)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--n-resamples", type=int, default=9999, help="sign-flip resamples of the paired tests")
+    p.add_argument("--hypotheses", default=None, metavar="FILE",
+                   help="pre-registered hypotheses (default: study/hypotheses.yaml)")
     p.add_argument("--per-task-split", action="store_true", help="add per-task In-train / Novel / Held-out columns")
     args = p.parse_args(argv)
     if not 10 <= args.n_boot <= MAX_BOOT:
@@ -60,6 +66,14 @@ def build_tables(args: argparse.Namespace):
         for sweep in sorted(points["sweep"].dropna().unique()):
             tables.append(T.build_ablation_table(data, sweep, points, n_resamples=args.n_resamples,
                                                  seed=args.seed, per_task_split=args.per_task_split))
+    if args.only in ("all", "hypotheses"):
+        from lightgen.analysis import hypotheses as H
+
+        hf = H.load_hypotheses(args.hypotheses)
+        sweeps = set(data.runs["sweep"].dropna())
+        if args.only == "hypotheses" or sweeps & {h.sweep for h in hf.hypotheses}:
+            results = H.evaluate_all(hf, data.runs, data.prompt_results(), n_boot=args.n_boot, seed=args.seed)
+            tables.append(H.hypotheses_table(results, hf.alpha))
     return data, tables
 
 

@@ -30,6 +30,13 @@ def one_line(message: str) -> str:
     return head + (" " if head.endswith(":") else "; ") + "; ".join(rest)
 
 
+def validation_messages(e: Any) -> str:
+    """A pydantic ``ValidationError`` as one line: ``loc: message`` per error, joined by '; ' (the
+    "Value error, " prefix of our own validators dropped)."""
+    return "; ".join((f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "")
+                     + str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+
+
 def describe_error(e: BaseException) -> str | None:
     """The user-facing message of an *expected* error, or ``None`` when ``e`` is a bug."""
     if isinstance(e, (ConfigError, UserError)):

@@ -136,6 +136,8 @@ def train_and_evaluate(cfg: ExperimentConfig, tracker: Tracker, ckpt_dir: Path, 
                 summaries[step] = evaluate(cfg, world, sampler, eval_root / f"step{step:07d}", tracker, step,
                                            train=train_comps)
                 log_sample_grid(cfg, world, sampler, tracker, step)
+                if step < cfg.train.iterations:   # back to training: the bar resumes where it was
+                    _progress.phase("training", cfg.train.iterations, done=step)
 
         _progress.phase("training", cfg.train.iterations)
         result = train(cfg, ds, ckpt_dir, tracker=tracker, eval_hook=hook)

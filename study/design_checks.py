@@ -3,7 +3,7 @@
 Measures, for world seeds 0 and 1 of ``experiments/cpu.yaml``'s world (no training, CPU, < 2 minutes):
 
 * realised coverage of the trainable compositions (stated by a caption AND shown by its scene) vs dataset scale
-  (250 … 64K items) at caption diversity 0, 0.5 and 1, and the saturation point (smallest scale with
+  (100 … 64K items) at caption diversity 0, 0.5 and 1, and the saturation point (smallest scale with
   coverage ≥ 0.99);
 * per task, the share of the standard prompts that are novel to a run (trainable, never realised in its data)
   at diversity 0, 0.25, 0.5, 0.75, 1 at a fixed scale (the cpu preset's 10K items);
@@ -33,7 +33,7 @@ from lightgen.world.captions import CaptionGenerator, Knobs  # noqa: E402
 from lightgen.world.parse import parser_for  # noqa: E402
 from lightgen.world.toy import ToyWorld  # noqa: E402
 
-SCALES = (250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 64_000)
+SCALES = (100, 250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 64_000)
 COVERAGE_D = (0.0, 0.5, 1.0)
 NOVEL_D = (0.0, 0.25, 0.5, 0.75, 1.0)
 NOVEL_SCALE = 10_000

@@ -24,7 +24,7 @@ FAKE = "lightgen.testing:fake_trial"
 
 
 def test_shipped_sweeps_load_and_validate():
-    names = ("data-scale", "caption-diversity", "iterations", "dpo-beta", "h1", "controls")
+    names = ("data-scale", "caption-diversity", "iterations", "dpo-beta", "confirmatory", "controls")
     assert set(names) <= set(available_sweeps())
     for name in names:
         sweep = load_sweep(name)
@@ -50,9 +50,21 @@ def test_cpu_study_sweeps():
     """The CPU study's designs (issue 17): >= 5 scales, >= 5 seeds where H1/H2 need them, beta where it acts."""
     ds = plan_sweep(load_sweep("data-scale"), "cpu")
     scales = sorted({p.cfg.data.actual_size for p in ds.points if p.arm == "cpu-iso-iteration"})
-    assert scales == [250, 1000, 4000, 16000, 64000] and ds.seeds >= 5
-    h1 = plan_sweep(load_sweep("h1"), "cpu")
-    assert h1.seeds >= 5 and {p.cfg.world.seed for p in h1.points} == {0, 1} and len(h1.points) == 8
+    # straddles the 500-item saturation point of study/design_checks.json (PLAN v2)
+    assert scales == [100, 250, 500, 2000, 16000] and ds.seeds >= 5
+    iso_epoch = [p for p in ds.points if p.arm == "cpu-iso-epoch"]
+    epochs = {round(p.cfg.train.iterations * p.cfg.train.batch_size / p.cfg.data.actual_size) for p in iso_epoch}
+    assert epochs == {6} and len(iso_epoch) == 4   # its 16K point is the iso-iteration one, run once
+    conf = plan_sweep(load_sweep("confirmatory"), "cpu")
+    h1 = [p for p in conf.points if p.arm == "h1"]
+    assert conf.seeds >= 5 and {p.cfg.world.seed for p in h1} == {0, 1} and len(h1) == 8
+    assert {(p.cfg.data.caption_diversity, p.cfg.data.actual_size) for p in h1} == {
+        (1.0, 250), (0.0, 250), (0.5, 500), (0.5, 250)}
+    knobs = {p.arm: p.cfg.data for p in conf.points if p.arm.startswith("h3-")}
+    assert knobs["h3-coverage"].coverage == 0.05 and knobs["h3-variety"].variety == 0.0
+    assert knobs["h3-density"].density == 0.0
+    aa = plan_sweep(load_sweep("controls"), "cpu")
+    assert len(aa.points) == 1 and aa.seeds == 10
     dpo = plan_sweep(load_sweep("dpo-beta"), "cpu")
     betas = {p.cfg.dpo.beta for p in dpo.points if p.cfg.dpo.mode == "dpo"}
     assert len(betas) >= 4 and all(p.cfg.dpo.lr == 1e-5 for p in dpo.points)
@@ -286,3 +298,16 @@ def test_killed_sweep_continues_when_run_again(tmp_path):
         assert st["done"] and all(s < 20 for s in st["starts"])
     resumed = [json.loads(f.read_text()) for f in ckpts.glob("*/seed0/fake_state.json")]
     assert any(len(s["starts"]) == 2 and s["starts"][1] >= 3 for s in resumed)  # continued from its checkpoint
+
+
+def test_dry_run_counts_dpo_steps_and_one_base():
+    """A DPO sweep's compute is its DPO steps (a winner and a loser per pair) plus one shared base model, not a
+    pre-training budget per job."""
+    from lightgen.sweep.plan import dry_run
+
+    plan = plan_sweep(load_sweep("dpo-beta"), "cpu")
+    info = dry_run(plan)
+    cfg, base = plan.points[0].cfg, plan.base_config
+    want = len(plan.jobs) * cfg.dpo.iterations * cfg.dpo.batch_size * 2 + base.train.iterations * base.train.batch_size
+    assert info["samples"] == want
+    assert base.train.iterations == 3000   # the cpu base trains at the study's budget

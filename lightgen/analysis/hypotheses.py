@@ -1,7 +1,4 @@
-"""DRAFT (2026-12-03, issue #17): written but not yet run or tested, and not wired into
-analysis/make_tables.py; nothing imports it. Finish, test against a hand-computed H1, then wire.
-
-The pre-registered hypotheses (``study/hypotheses.yaml``) computed from logged runs: one table, H1–H4 + controls.
+"""The pre-registered hypotheses (``study/hypotheses.yaml``) computed from logged runs: one table, H1–H4 + controls.
 
 For each hypothesis the runs of its sweep are matched to its arms by point selectors (param values, the arm
 tag ``arm``, the training ``seeds``); the contrast Σ_a w_a·score(a) is the task-balanced GenEval score on the
@@ -11,6 +8,10 @@ e.g. world seeds, or unpaired), the CI from :func:`lightgen.analysis.stats.cross
 per-image results (one prompt resample shared by all seeds per replicate). Holm's correction runs within
 each family (confirmatory: H1–H4; controls). Verdicts: supported / not supported / not run (arms missing,
 named); controls: detected / not detected, and whether that is what the control must show.
+
+Splits: ``standard`` is the standard prompt set (every prompt not held out; what ``geneval/overall``
+scores), ``intrain`` / ``novel`` / ``heldout`` the per-run splits (:mod:`lightgen.data.compositions`), ``all``
+every prompt scored.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lightgen.analysis import stats
 from lightgen.analysis.render import Block, Table
 from lightgen.config import REPO_ROOT
-from lightgen.errors import UserError
+from lightgen.errors import UserError, validation_messages
 from lightgen.sizes import parse_size
 from lightgen.yamlfile import load_yaml
 
 HYPOTHESES_FILE = REPO_ROOT / "study" / "hypotheses.yaml"
-SPLITS = ("intrain", "novel", "heldout", "all")
+SPLITS = ("standard", "intrain", "novel", "heldout", "all")
+SPLIT_LABELS = {"standard": "standard", "all": "all prompts", "intrain": "In-train", "novel": "Novel",
+                "heldout": "Held-out"}
 COLUMNS = ["ID", "Family", "Hypothesis", "Sweep", "Split", "Seeds", "Estimate", "CI (95%)", "p (seed t)",
            "p (seed perm.)", "p (Holm)", "Verdict"]
 
@@ -45,7 +49,7 @@ class Hypothesis(_Strict):
     family: str = "confirmatory"
     text: str = ""
     sweep: str
-    split: Literal["intrain", "novel", "heldout", "all"] = "all"
+    split: Literal["standard", "intrain", "novel", "heldout", "all"] = "standard"
     tasks: list[str] | None = None
     paired: bool = True
     strata: str | None = None
@@ -77,9 +81,7 @@ def load_hypotheses(path: str | Path | None = None) -> HypothesisFile:
     try:
         return HypothesisFile.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(".".join(map(str, err["loc"])) + ": " + err["msg"].removeprefix("Value error, ")
-                         for err in e.errors())
-        raise UserError(f"invalid hypotheses file {p}: {msgs}") from None
+        raise UserError(f"invalid hypotheses file {p}: {validation_messages(e)}") from None
 
 
 @dataclass
@@ -133,7 +135,7 @@ def select_arm(runs: pd.DataFrame, selector: dict[str, Any]) -> pd.DataFrame:
 
 def _verdict(h: Hypothesis, r: HypothesisResult, alpha: float) -> str:
     if r.missing:
-        return "not run (missing: " + ", ".join(r.missing) + ")"
+        return "not run (no runs for: " + ", ".join(r.missing) + ")"
     if not np.isfinite(r.p_holm):
         return "not run (" + (r.note or "too few seeds") + ")"
     signif = r.p_holm < alpha
@@ -155,9 +157,9 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
     arm_of: dict[str, str] = {}
     for name, sel in h.arms.items():
         picked = select_arm(runs, sel)
-        taken = [rid for rid in picked["run_id"] if rid in arm_of]
-        if taken:
-            r.note = f"arm {name} overlaps another arm"
+        taken = sorted({arm_of[rid] for rid in picked["run_id"] if rid in arm_of})
+        if taken:   # one run in two arms would enter the contrast twice: the selectors are wrong
+            r.missing.append(f"{name} (its runs are also in {', '.join(taken)}: selectors overlap)")
         arm_of.update({rid: name for rid in picked["run_id"]})
         r.n_seeds[name] = int(picked["seed"].nunique())
         if picked.empty:
@@ -168,8 +170,15 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
     strata = _param(sel, h.strata).astype(str) if h.strata else pd.Series("0", index=sel.index)
     meta = pd.DataFrame({"run_id": sel["run_id"], "arm": sel["run_id"].map(arm_of), "stratum": strata.to_numpy(),
                          "seed": sel["seed"].to_numpy()})
+    dup = meta[meta.duplicated(["arm", "stratum", "seed"], keep=False)]
+    if len(dup):   # two runs would be merged into one seed's score: the arm mixes points (strata missing?)
+        r.missing += [f"{a} (several runs for one seed: its selector matches more than one point; "
+                      f"strata?)" for a in sorted(set(dup["arm"]))]
+        return r
     res = results[results["run_id"].isin(arm_of)] if len(results) else results
-    if h.split != "all" and len(res):
+    if h.split == "standard" and len(res):
+        res = res[res["split"] != "heldout"]
+    elif h.split != "all" and len(res):
         res = res[res["split"] == h.split]
     if h.tasks and len(res):
         res = res[res["task"].isin(h.tasks)]
@@ -180,12 +189,13 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
         ci = stats.crossed_bootstrap(long, h.contrast, paired=h.paired, n_boot=n_boot, seed=seed)
         r.low, r.high = ci.low, ci.high
     else:
-        metric = "geneval" if h.split == "all" else f"geneval_{h.split}"
-        if h.tasks:
-            vals = [pd.to_numeric(sel.get(f"metrics.{metric}/{t}"), errors="coerce") for t in h.tasks]
-            score = pd.concat(vals, axis=1).mean(axis=1) if all(v is not None for v in vals) else None
-        else:
-            score = pd.to_numeric(sel.get(f"metrics.{metric}/overall"), errors="coerce")
+        if h.split == "all":
+            r.note = "no per-image results (a metric for every prompt together is not logged)"
+            return r
+        metric = "geneval" if h.split == "standard" else f"geneval_{h.split}"
+        cols = [f"metrics.{metric}/{t}" for t in (h.tasks or ["overall"])]
+        score = (pd.concat([pd.to_numeric(sel[c], errors="coerce") for c in cols], axis=1).mean(axis=1, skipna=False)
+                 if all(c in sel.columns for c in cols) else None)
         if score is None or score.isna().all():
             r.note = f"no per-image results and no logged {metric} metric"
             return r
@@ -194,10 +204,8 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
     t = stats.seed_level_test(scores, h.contrast, paired=h.paired, seed=seed)
     r.estimate, r.p_value, r.p_perm = t.estimate, t.p_value, t.p_perm
     if not np.isfinite(r.low):   # no per-image results: t-interval over seeds
-        from scipy import stats as sps
-
         if h.paired and t.n_units >= 2:
-            d = stats._contrast_units(scores, h.contrast).to_numpy()
+            d = stats.contrast_units(scores, h.contrast).to_numpy()
             half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
             r.low, r.high = r.estimate - half, r.estimate + half
     return r
@@ -208,9 +216,11 @@ def evaluate_all(hf: HypothesisFile, runs: pd.DataFrame, results: pd.DataFrame, 
     out = [evaluate(h, runs, results, n_boot=n_boot, seed=seed) for h in hf.hypotheses]
     for fam in dict.fromkeys(h.family for h in hf.hypotheses):
         idx = [i for i, r in enumerate(out) if r.h.family == fam]
-        adj = stats.holm([out[i].p_value for i in idx])
-        for i, a in zip(idx, adj):
-            out[i].p_holm = float(a)
+        # Holm over the whole pre-registered family: a hypothesis not (yet) run counts as p = 1, so running
+        # part of the family never makes the others' correction milder
+        ps = [out[i].p_value if np.isfinite(out[i].p_value) else 1.0 for i in idx]
+        for i, a in zip(idx, stats.holm(ps)):
+            out[i].p_holm = float(a) if np.isfinite(out[i].p_value) else float("nan")
     for r in out:
         r.verdict = _verdict(r.h, r, hf.alpha)
     return out
@@ -225,7 +235,7 @@ def hypotheses_table(results: list[HypothesisResult], alpha: float = 0.05) -> Ta
     for fam in dict.fromkeys(r.h.family for r in results):
         rows = [{
             "ID": r.h.id, "Family": fam, "Hypothesis": r.h.text, "Sweep": r.h.sweep,
-            "Split": {"all": "standard", "intrain": "In-train", "novel": "Novel", "heldout": "Held-out"}[r.h.split]
+            "Split": SPLIT_LABELS[r.h.split]
                      + (f" ({', '.join(r.h.tasks)})" if r.h.tasks else ""),
             "Seeds": ", ".join(f"{a} {n}" for a, n in r.n_seeds.items()),
             "Estimate": _fmt(r.estimate),
@@ -239,7 +249,9 @@ def hypotheses_table(results: list[HypothesisResult], alpha: float = 0.05) -> Ta
              "strata such as world seeds) or Welch's t-test when unpaired; p (seed perm.): exact sign-flip / label "
              "permutation on the same per-seed scores; CI: crossed bootstrap (seeds × one prompt resample shared "
              "by all seeds), est ± t·SE.",
-             "Verdict 'supported' needs p (Holm) < α and the predicted sign; 'not run' names the missing arms."]
+             "p values are two-sided; a verdict 'supported' (or 'detected') needs p (Holm) < α and the predicted "
+             "sign. Holm counts every member of a family, a member not run as p = 1; 'not run' names the arms "
+             "without runs."]
     notes += [f"{r.h.id}: {r.note}" for r in results if r.note and not r.missing]
     return Table("Hypotheses (pre-registered) and controls", COLUMNS, blocks, notes, False,
                  numeric=[], name="hypotheses")

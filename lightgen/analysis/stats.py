@@ -228,7 +228,7 @@ def per_seed_scores(df: pd.DataFrame, by: tuple[str, ...] = ("arm", "stratum", "
     return per_task.groupby(level=list(by)).mean().rename("score").reset_index()
 
 
-def _contrast_units(scores: pd.DataFrame, weights: dict) -> pd.Series:
+def contrast_units(scores: pd.DataFrame, weights: dict) -> pd.Series:
     """Paired design: per (stratum, seed) unit the contrast Σ w·score over the arms; incomplete units dropped."""
     wide = scores.pivot_table(index=["stratum", "seed"], columns="arm", values="score")
     arms = list(weights)
@@ -281,7 +281,7 @@ def seed_level_test(scores: pd.DataFrame, weights: dict, paired: bool = True, n_
     """
     _check(scores, ("arm", "stratum", "seed", "score"))
     if paired:
-        return seed_test_arrays([_contrast_units(scores, weights).to_numpy()], None, True, n_resamples, seed)
+        return seed_test_arrays([contrast_units(scores, weights).to_numpy()], None, True, n_resamples, seed)
     arms = list(weights)
     groups = [scores.loc[scores["arm"] == a, "score"].to_numpy(dtype=float) for a in arms]
     empty = [a for a, v in zip(arms, groups) if len(v) == 0]

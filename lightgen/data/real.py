@@ -240,7 +240,7 @@ class VaeCache:
 
         self.device = _device(device)
         try:
-            self.vae = AutoencoderKL.from_pretrained(path, use_safetensors=True).to(self.device).eval()
+            self.vae = AutoencoderKL.from_pretrained(path, use_safetensors=True, low_cpu_mem_usage=False).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise UserError(f"model.vae: cannot load an AutoencoderKL from {path!r}: {e}") from None
         self.batch_size = batch_size

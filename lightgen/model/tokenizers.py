@@ -139,7 +139,7 @@ class VAETokenizer(LatentTokenizer):
 
         if isinstance(vae, (str, bytes)) or hasattr(vae, "__fspath__"):
             try:
-                vae = AutoencoderKL.from_pretrained(str(vae), use_safetensors=True)
+                vae = AutoencoderKL.from_pretrained(str(vae), use_safetensors=True, low_cpu_mem_usage=False)
             except (OSError, ValueError) as e:
                 raise ValueError(f"model.vae: cannot load an AutoencoderKL from {vae!r}: {e}") from e
         self.vae = vae.eval().requires_grad_(False)

@@ -233,9 +233,17 @@ def dry_run(plan: Plan) -> dict[str, Any]:
         if cfg.data.scale_label not in st["scales"]:
             st["scales"].append(cfg.data.scale_label)
         ckpts.append(str(layout.checkpoint_dir(cfg, job.point.point_id, job.seed)))
-        samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
+        if plan.job_kind == "dpo":   # a DPO/SFT step sees a winner and a loser per pair
+            samples = cfg.dpo.iterations * cfg.dpo.batch_size * 2
+        else:
+            samples = cfg.train.iterations * cfg.train.batch_size * cfg.train.grad_accum
         total_samples += samples
         total_flops += samples * _flops_per_sample(cfg)
+    if plan.job_kind == "dpo" and plan.jobs:   # the one shared base model, pre-trained once
+        base = plan.base_config
+        samples = base.train.iterations * base.train.batch_size * base.train.grad_accum
+        total_samples += samples
+        total_flops += samples * _flops_per_sample(base)
     for st in streams.values():
         st["built"] = min(st["size"], _built_count(st.pop("folder")))
     return {"points": plan.points, "jobs": len(plan.jobs), "datasets": list(datasets.values()),

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lightgen.config import REPO_ROOT, ConfigError
 from lightgen.yamlfile import load_yaml
+from lightgen.errors import validation_messages
 from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
@@ -196,7 +197,4 @@ def load_sweep(name_or_path: str | Path) -> SweepDef:
     try:
         return SweepDef.model_validate(data)
     except ValidationError as e:
-        msgs = "; ".join(
-            (f"{'.'.join(map(str, err['loc']))}: " if err["loc"] else "") + err["msg"].removeprefix("Value error, ")
-            for err in e.errors())
-        raise ConfigError(f"invalid sweep definition {p}: {msgs}") from None
+        raise ConfigError(f"invalid sweep definition {p}: {validation_messages(e)}") from None
