@@ -3,7 +3,7 @@
 The store (built once for the module) holds runs of known metrics and per-image results.
 
 Layout (all toy world, toy prompt set, 32 px, unless said otherwise), 4 prompts per task, 1 image each;
-prompts 0–1 are split "intrain", 2–3 "heldout"; a run with n correct per task gets prompts 0..n-1 right in
+prompts 0–1 are split "intrain", 2–3 "novel" (the standard set; held-out prompts are added where a test needs them); a run with n correct per task gets prompts 0..n-1 right in
 every task, so every per-task score, the overall score and in-train/held-out scores are n/4, min(n,2)/2,
 max(n-2,0)/2:
 
@@ -38,15 +38,15 @@ def records(n_correct: int) -> list[dict]:
             out.append({"filename": f"{t}_{i}.png", "tag": t, "prompt": f"{t} prompt {i}",
                         "correct": i < n_correct, "reason": "", "details": {"n": i},
                         "metadata": {"tag": t, "prompt": f"{t} prompt {i}",
-                                     "split": "intrain" if i < 2 else "heldout"}})
+                                     "split": "intrain" if i < 2 else "novel"}})
     return out
 
 
 def metrics_for(n: int) -> dict[str, float]:
     acc, seen, unseen = n / 4, min(n, 2) / 2, max(n - 2, 0) / 2
     m = {f"geneval/{t}": acc for t in TASKS} | {f"geneval_intrain/{t}": seen for t in TASKS}
-    m |= {f"geneval_heldout/{t}": unseen for t in TASKS}
-    m |= {"geneval/overall": acc, "geneval_intrain/overall": seen, "geneval_heldout/overall": unseen,
+    m |= {f"geneval_novel/{t}": unseen for t in TASKS}
+    m |= {"geneval/overall": acc, "geneval_intrain/overall": seen, "geneval_novel/overall": unseen,
           "geneval/overall_ci_low": max(0.0, acc - 0.1), "geneval/overall_ci_high": min(1.0, acc + 0.1)}
     return m
 
@@ -220,7 +220,7 @@ def test_load_prompt_results_long_table(store):
     assert list(res.columns) == ["run_id", "point_id", "seed", "sweep", "prompt", "task", "split", "correct", "filename"]
     one = res[(res["point_id"] == "scale200K") & (res["seed"] == 1)]
     assert one["correct"].sum() == 6 * 3 and (one["split"] == "intrain").sum() == 6 * 2
-    assert (one["split"] == "heldout").sum() == 6 * 2
+    assert (one["split"] == "novel").sum() == 6 * 2
     assert set(res["task"]) == set(TASKS)
 
 
@@ -284,7 +284,7 @@ def test_bundle_errors(tmp_path, store):
 def test_point_summary_means_and_cis(scale_points):
     p = scale_points.set_index("point_id")
     assert p.loc["scale100K", "geneval/overall"] == pytest.approx(0.375)
-    assert p.loc["scale500K", "geneval_heldout/overall"] == 1.0
+    assert p.loc["scale500K", "geneval_novel/overall"] == 1.0
     assert p.loc["scale100K", "seeds"] == 2
     assert set(p["ci_method"]) == {"bootstrap (seeds, prompts)"}
     assert (p.loc["scale500K", "ci_low"], p.loc["scale500K", "ci_high"]) == (1.0, 1.0)
@@ -296,8 +296,8 @@ def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
     t = T.build_ablation_table(scale_data, "data-scale", scale_points)
     assert cells(t, "Scale") == ["100K", "200K", "500K"]
     assert cells(t, "Overall") == [0.375, 0.625, 1.0]
-    assert cells(t, "In-train") == [0.75, 1.0, 1.0] and cells(t, "Held-out") == [0.0, 0.25, 1.0]
-    assert all(np.isnan(cells(t, "Novel")))
+    assert cells(t, "In-train") == [0.75, 1.0, 1.0] and cells(t, "Novel") == [0.0, 0.25, 1.0]
+    assert all(np.isnan(cells(t, "Held-out")))
     assert cells(t, "Samples seen") == [1920, 1920, 1920]
     assert cells(t, "Epochs") == [19.2, 9.6, 3.84]
     assert np.isnan(cells(t, "Δ Overall")[0]) and cells(t, "Δ Overall")[1:] == [0.25, 0.375]
@@ -509,10 +509,10 @@ def test_arms_are_separate_blocks_and_curves(tmp_path):
 
 
 def test_make_tables_hypotheses_table(store, tmp_path, capsys):
-    """`make_tables.py` builds the pre-registered table from the runs: β 1000 vs SFT on held-out prompts
-    (n = 3, 3 vs 2, 2 correct of 4: held-out scores 0.5 vs 0) is +0.5 at every seed."""
+    """`make_tables.py` builds the pre-registered table from the runs: β 1000 vs SFT on novel prompts
+    (n = 3, 3 vs 2, 2 correct of 4: novel scores 0.5 vs 0) is +0.5 at every seed."""
     hyp = tmp_path / "h.yaml"
-    hyp.write_text("hypotheses:\n  - id: H4\n    sweep: dpo-beta\n    split: heldout\n    arms:\n"
+    hyp.write_text("hypotheses:\n  - id: H4\n    sweep: dpo-beta\n    split: novel\n    arms:\n"
                    "      dpo: {dpo.mode: dpo, dpo.beta: 1000}\n      sft: {dpo.mode: sft}\n"
                    "    contrast: {dpo: 1, sft: -1}\n"
                    "  - id: H9\n    sweep: no-such-sweep\n    arms: {a: {}}\n    contrast: {a: 1}\n")
@@ -524,7 +524,7 @@ def test_make_tables_hypotheses_table(store, tmp_path, capsys):
     assert rc == 0
     rows = pd.read_csv(out).set_index("ID")
     assert rows.loc["H4", "Estimate"] == pytest.approx(0.5) and rows.loc["H4", "Verdict"] == "supported"
-    assert rows.loc["H4", "Seeds"] == "dpo 2, sft 2" and rows.loc["H4", "Split"] == "Held-out"
+    assert rows.loc["H4", "Seeds"] == "dpo 2, sft 2" and rows.loc["H4", "Split"] == "Novel"
     assert rows.loc["H9", "Verdict"].startswith("not run")
     # the default run shows it only when a hypothesis' sweep is among the runs (data-scale is, in the
     # shipped file), never for sweeps it does not name
@@ -534,3 +534,20 @@ def test_make_tables_hypotheses_table(store, tmp_path, capsys):
     bad.write_text("hypotheses: 3\n")
     assert mt.run_main(mt.main, ["--tracking-uri", store.uri, "--only", "hypotheses", "--hypotheses", str(bad)]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_held_out_prompts_stay_out_of_the_standard_overall(scale_data, scale_points):
+    """geneval/overall scores the standard prompt set (every prompt not held out, lightgen.geneval.summary):
+    held-out rows added to the per-image table change neither the CI, nor the paired tests, nor raise a
+    'logged differs from per-image' note."""
+    res = scale_data.prompt_results()
+    held = res.assign(split="heldout", correct=False, prompt=res["prompt"] + " (held out)")
+    data = SweepData(runs=scale_data.runs, parents=scale_data.parents, source=scale_data.source, notes=[],
+                     _results=pd.concat([res, held], ignore_index=True))
+    pts = T.point_summary(data, n_boot=200)
+    assert not [n for n in data.notes if "differs" in n]
+    ref = T.point_summary(SweepData(runs=scale_data.runs, parents=scale_data.parents, source=scale_data.source,
+                                    notes=[], _results=res), n_boot=200)
+    assert pts[["ci_low", "ci_high"]].equals(ref[["ci_low", "ci_high"]])
+    t = T.build_ablation_table(data, "data-scale", pts)
+    assert cells(t, "p (same models, same prompts)")[1:] == [round(2 / 4096, 4)] * 2

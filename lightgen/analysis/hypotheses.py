@@ -26,6 +26,7 @@ from scipy import stats as sps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lightgen.analysis import stats
+from lightgen.analysis.loader import standard_results
 from lightgen.analysis.render import Block, Table
 from lightgen.config import REPO_ROOT
 from lightgen.errors import UserError, validation_messages
@@ -177,7 +178,7 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
         return r
     res = results[results["run_id"].isin(arm_of)] if len(results) else results
     if h.split == "standard" and len(res):
-        res = res[res["split"] != "heldout"]
+        res = standard_results(res)
     elif h.split != "all" and len(res):
         res = res[res["split"] == h.split]
     if h.tasks and len(res):

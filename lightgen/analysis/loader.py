@@ -362,6 +362,14 @@ def _prompt_table(source: RunSource, runs: pd.DataFrame) -> tuple[pd.DataFrame, 
     return out[PROMPT_COLUMNS].reset_index(drop=True), notes
 
 
+def standard_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the standard prompt set: every prompt not held out (what ``geneval/overall`` scores,
+    :mod:`lightgen.geneval.summary`); the held-out prompt set is reported on its own."""
+    if not len(results) or "split" not in results.columns:
+        return results
+    return results[results["split"] != "heldout"]
+
+
 def load_prompt_results(tracking_uri: str | None = None, sweep: str | None = None,
                         experiment: str | None = None, bundle: str | Path | None = None) -> pd.DataFrame:
     """Long per-image table of the kept runs: run_id, point_id, seed, sweep, prompt, task, split, correct,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from lightgen.analysis import stats
-from lightgen.analysis.loader import SweepData, param_values
+from lightgen.analysis.loader import SweepData, param_values, standard_results
 from lightgen.errors import UserError
 from lightgen.config import size_label
 from lightgen.analysis.render import Block, Table, _cell, render  # noqa: F401 - re-exported (scripts, tests)
@@ -111,7 +111,7 @@ def _metric(runs: pd.DataFrame, key: str) -> pd.Series:
 def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per point: knob values, mean scores over seeds, CI, compute and a display label."""
     runs = data.runs
-    results = data.prompt_results()
+    results = standard_results(data.prompt_results())   # Overall, its CI and the check: the standard set
     extra = _extra_knobs(runs)
     rows = []
     for pid, grp in runs.groupby("point_id", sort=False):
@@ -316,7 +316,7 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
             groups.append(("(no arm)", pts[pts["arm"].isna()]))
     else:
         groups = [(f"sweep {sweep}", pts)]
-    results = data.prompt_results()
+    results = standard_results(data.prompt_results())   # the paired tests compare Overall: the standard set
     ordered, group_of, refs = [], [], []
     for gi, (_, g) in enumerate(groups):
         gk = _varying(g) if len(groups) > 1 else knobs
