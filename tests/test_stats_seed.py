@@ -8,6 +8,8 @@ Everything is seeded and vectorised so each test takes seconds.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -143,6 +145,10 @@ def test_split_read_from_records_and_old_bundles():
     recs = {"r": [{"tag": "colors", "prompt": "a", "correct": True, "metadata": {"split": "novel"}},
                   {"tag": "colors", "prompt": "b", "correct": True, "metadata": {"seen": False}},
                   {"tag": "colors", "prompt": "c", "correct": True, "metadata": {"seen": True}},
-                  {"tag": "colors", "prompt": "d", "correct": True, "split": "intrain", "metadata": {}}]}
-    got = bundle.results_frame(recs)["split"].tolist()
-    assert got[:2] == ["novel", "heldout"] and got[3] == "intrain" and pd.isna(got[2])
+                  {"tag": "colors", "prompt": "d", "correct": True, "split": "intrain", "metadata": {}},
+                  # GenEval's own layout (what lightgen.geneval.evaluate writes): metadata as JSON text
+                  {"tag": "colors", "prompt": "e", "correct": True, "metadata": json.dumps({"split": "heldout"})}]}
+    frame = bundle.results_frame(recs)
+    got = frame["split"].tolist()
+    assert got[:2] == ["novel", "heldout"] and got[3] == "intrain" and pd.isna(got[2]) and got[4] == "heldout"
+    assert json.loads(frame["metadata"].iloc[4]) == {"split": "heldout"}   # stored once-encoded

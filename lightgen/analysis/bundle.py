@@ -79,6 +79,11 @@ def results_frame(records_by_run: Mapping[str, Iterable[Mapping[str, Any]]]) -> 
     for run_id, records in records_by_run.items():
         for rec in records:
             meta = rec.get("metadata") or {}
+            if isinstance(meta, str):   # GenEval's own layout: the metadata as JSON text
+                try:
+                    meta = json.loads(meta)
+                except json.JSONDecodeError:
+                    pass
             meta_ok = isinstance(meta, Mapping)
             split = split_of(rec.get("split", meta.get("split") if meta_ok else None),
                              meta.get("seen") if meta_ok else None)
