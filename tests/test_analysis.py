@@ -551,3 +551,25 @@ def test_held_out_prompts_stay_out_of_the_standard_overall(scale_data, scale_poi
     assert pts[["ci_low", "ci_high"]].equals(ref[["ci_low", "ci_high"]])
     t = T.build_ablation_table(data, "data-scale", pts)
     assert cells(t, "p (same models, same prompts)")[1:] == [round(2 / 4096, 4)] * 2
+
+
+def test_a_prompt_is_an_entry_of_the_list_not_its_text():
+    """Two entries of a task's prompt list with the same text (a small world repeats texts) stay two prompts,
+    as GenEval scores them (every entry weighs alike): 3 of 4 entries right is 0.75, not the text mean 0.5."""
+    from lightgen.analysis import bundle as B
+    from lightgen.analysis import loader as L
+    from lightgen.analysis import stats as S
+
+    recs = {"r1": [{"filename": f"{i:05d}/samples/0000.png", "tag": "colors", "prompt": txt, "correct": ok,
+                    "metadata": json.dumps({"tag": "colors", "prompt": txt, "split": "intrain"})}
+                   for i, (txt, ok) in enumerate([("a red circle", True), ("a red circle", True),
+                                                   ("a red circle", True), ("a blue square", False)])]}
+
+    class Src:
+        def results(self, run_ids):
+            return B.results_frame(recs), []
+
+    runs = pd.DataFrame({"run_id": ["r1"], "point_id": ["p"], "seed": [0], "sweep": ["s"]})
+    table, _ = L._prompt_table(Src(), runs)
+    assert table["prompt"].nunique() == 4
+    assert S.geneval_score(table)[1]["colors"] == pytest.approx(0.75)

@@ -355,6 +355,10 @@ def _prompt_table(source: RunSource, runs: pd.DataFrame) -> tuple[pd.DataFrame, 
     if "split" not in out.columns:
         out["split"] = [bundle_mod.split_of(None, v) for v in _col(out, "seen")]
     out["split"] = [bundle_mod.split_of(v) for v in out["split"]]
+    # a prompt is an entry of the prompt list (GenEval's folder <index>/samples/…), not its text: a small
+    # world's 40 prompts of a task repeat texts, and GenEval's score weights every entry alike
+    folder = out["filename"].astype(str).str.extract(r"^(\d+)/samples/", expand=False)
+    out["prompt"] = np.where(folder.notna(), folder.fillna("") + " · " + out["prompt"].astype(str), out["prompt"])
     unknown = sorted(set(out["task"].dropna()) - set(GENEVAL_TASKS))
     if unknown:
         notes.append(f"per-image results with unknown task(s) {', '.join(unknown)} are ignored")
