@@ -93,7 +93,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={sock}
+AuthInfo=socket={sock},cred_expire=10
 StateSaveLocation={base / 'state'}
 SlurmdSpoolDir={base / 'spool'}
 SlurmctldPidFile={base / 'slurmctld.pid'}

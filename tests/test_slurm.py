@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -167,7 +168,9 @@ def test_scancel_mid_trial_then_rerun_loses_nothing(cluster, tmp_path):
     assert len(parent) == 1 and (finished["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
     assert parent["status"].iloc[0] == "FINISHED"
     job_tags = dict(zip(finished["run_id"], finished["tags.lightgen.slurm_job_id"]))
-    assert all(j and "_" in j for j in job_tags.values()), job_tags  # <array job>_<task>
+    # <array job>_<task> for the first launch's 2-task array; the re-run's one worker is a plain job
+    assert all(re.fullmatch(r"\d+(_\d+)?", str(j)) for j in job_tags.values()), job_tags
+    assert any("_" in j for j in job_tags.values()), job_tags
     assert runs.set_index("run_id").loc[run_id, "tags.lightgen.slurm_job_id"] == job_id
     by_trial = {t.user_attrs.get("mlflow_run_id"): t.user_attrs.get("lightgen.slurm_job_id") for t in trials}
     assert all(by_trial[r] == j for r, j in job_tags.items())
@@ -240,3 +243,53 @@ def test_system_exit_in_tracked_run_is_killed(tmp_path, monkeypatch):
             other = tr.run_id
             raise ValueError("boom")
     assert mlflow.MlflowClient(cfg.tracking.tracking_uri).get_run(other).info.status == "FAILED"
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
+    """Slurm's pre-emption signal (USR2, as submitit asks for) mid-trial: submitit's checkpoint hook requeues
+    the same job; the interrupted run is KILLED (not FAILED), its trial FAIL, and the requeued job resumes the
+    point from its checkpoint, so the one launch finishes the sweep."""
+    from optuna.trial import TrialState
+
+    (tmp_path / "two.yaml").write_text(TWO_POINTS)
+    env = _env(cluster, {"LIGHTGEN_FAKE_STEPS": "60", "LIGHTGEN_FAKE_STEP_SECONDS": "0.1"})
+    cmd = [sys.executable, "-m", "lightgen", "sweep", "two.yaml", "--preset", "smoke", "--runner", FAKE,
+           "--launcher", "slurm", "--workers", "1", "--time", "10"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    signalled = None
+    deadline = time.time() + 600
+    try:
+        while signalled is None and time.time() < deadline and launcher.poll() is None:
+            for f in (tmp_path / "mlruns" / "checkpoints").glob("*/seed0/fake_state.json"):
+                try:
+                    st = json.loads(f.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if st.get("done") or st["step"] < 3:
+                    continue
+                trial = next(t for t in _trials(tmp_path) if t.number == st["trial"])
+                signalled = (trial.user_attrs["lightgen.slurm_job_id"], st["run_id"], f)
+                cluster.run("scancel", "--signal=USR2", signalled[0])
+                break
+            time.sleep(0.3)
+        out, _ = launcher.communicate(timeout=600)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert signalled is not None, "no trial reached step 3"
+    job_id, run_id, state_file = signalled
+    assert launcher.returncode == 0, out
+    trials = _trials(tmp_path)
+    assert sorted(t.user_attrs["lightgen.job"] for t in trials if t.state == TrialState.COMPLETE) == sorted(
+        {t.user_attrs["lightgen.job"] for t in trials})
+    hit = next(t for t in trials if t.user_attrs.get("mlflow_run_id") == run_id)
+    assert hit.state == TrialState.FAIL
+    runs = _runs(tmp_path).set_index("run_id")
+    assert runs.loc[run_id, "status"] == "KILLED" and not (runs["status"] == "RUNNING").any()
+    after = [t for t in trials if t.user_attrs.get("lightgen.job") == hit.user_attrs["lightgen.job"]
+             and t.state == TrialState.COMPLETE]
+    assert after[0].user_attrs["lightgen.slurm_job_id"] == job_id and after[0].user_attrs["slurm_restart_count"] >= 1
+    st = json.loads(state_file.read_text())
+    assert st["done"] and len(st["starts"]) >= 2 and st["starts"][-1] >= 3, st  # resumed, not restarted

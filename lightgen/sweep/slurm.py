@@ -161,6 +161,10 @@ class SlurmWorker:
         import submitit
 
         print(f"job {slurm_job_id()}: pre-empted or timed out; requeueing", flush=True)
+        # requeueing makes Slurm SIGTERM this process: it must not cut short the clean-up of the exit that
+        # follows (the run marked KILLED, the trial failed and its job enqueued again); SIGKILL comes later
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
@@ -186,26 +190,28 @@ def alive(states: dict[str, str]) -> set[str]:
 
 def reap_job_trials(study: Any, tracking_uri: str, job_ids: set[str], *, before_restart: int | None = None) -> list[str]:
     """Fail the RUNNING trials of the given Slurm jobs (gone; or, with ``before_restart``, run by an earlier
-    incarnation of a requeued job) and mark their MLflow runs KILLED. Returns their job keys."""
+    incarnation of a requeued job) and mark their MLflow runs KILLED — also the runs a killed worker failed the
+    trial of but could not end itself. Returns the job keys of the reaped trials."""
     from optuna.trial import TrialState
 
     from lightgen.sweep.study import ATTR_FAILURE, ATTR_SLURM_JOB, JOB_ATTR
     from lightgen.tracking import mark_stale_runs
 
     reaped = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.FAIL)):
         jid = t.user_attrs.get(ATTR_SLURM_JOB)
         if jid not in job_ids:
             continue
         if before_restart is not None and int(t.user_attrs.get(ATTR_RESTART, 0)) >= before_restart:
             continue
-        study._storage.set_trial_user_attr(t._trial_id, ATTR_FAILURE, f"Slurm job {jid} ended")
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        if t.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(t._trial_id, ATTR_FAILURE, f"Slurm job {jid} ended")
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            if t.user_attrs.get(JOB_ATTR):
+                reaped.append(t.user_attrs[JOB_ATTR])
         run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id:
+        if run_id:  # only a run still RUNNING is changed
             mark_stale_runs("", tracking_uri, run_ids=[run_id], status="KILLED")
-        if t.user_attrs.get(JOB_ATTR):
-            reaped.append(t.user_attrs[JOB_ATTR])
     return reaped
 
 
@@ -357,8 +363,7 @@ def launch_slurm(name: str, opts: Any, sopts: SlurmOptions, log: Any = print, *,
             if gone:
                 with file_lock(lock):
                     dead = reap_job_trials(study, tracking_uri, gone)
-                    if dead:
-                        enqueue_jobs(plan, study)
+                    enqueue_jobs(plan, study)  # a job the worker itself failed on SIGTERM too: live workers take it
                 bad = {j: states.get(j, "gone") for j in gone if states.get(j) != "COMPLETED"}
                 if bad or dead:
                     log(f"Slurm job(s) ended: {', '.join(f'{j} {s}' for j, s in sorted(bad.items())) or ', '.join(sorted(gone))}"
