@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_cluster import Unavailable, start_cluster  # noqa: E402
+from slurm_cluster import Unavailable, missing_binaries, start_cluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "lightgen.testing:fake_trial"
@@ -29,11 +29,15 @@ THREE_POINTS = TWO_POINTS.replace("[100k, 200k]", "[100k, 200k, 500k]").replace(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("Slurm unavailable: not root (slurmd must run as root to launch jobs)")
+    if missing_binaries():
+        pytest.skip(f"Slurm unavailable: {', '.join(missing_binaries())} not installed (apt-get install slurm-wlm munge)")
     base = Path(f"/tmp/lg-slurm-{os.getpid()}")  # short: munge's socket path has a length limit
     try:
         c = start_cluster(base)
-    except Unavailable as e:
-        pytest.skip(f"Slurm unavailable: {str(e).splitlines()[0]}")
+    except Unavailable as e:  # installed but does not start: a failure, not a skip
+        pytest.fail(f"the test Slurm cluster did not start: {e}")
     yield c
     c.stop()
 
