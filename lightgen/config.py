@@ -285,7 +285,8 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     experiment: str | None = None
     root: str = Field("mlruns", description="where datasets, checkpoints and Optuna storage live")
-    log_system_metrics: bool = False
+    log_system_metrics: bool = Field(True, description="MLflow's CPU/memory (and GPU, with nvidia-ml-py) sampler "
+                                     "on every run; $LIGHTGEN_SYSTEM_METRICS=0 turns it off (the tests do)")
 
     @field_validator("root")
     @classmethod

@@ -184,3 +184,12 @@ def pid_alive(pid: int) -> bool:
             return b"lightgen" in f.read()
     except OSError:
         return True
+
+
+def slurm_job_id() -> str | None:
+    """This process's Slurm job as ``squeue`` names it: ``<array job>_<task>`` in a job array, else the job id;
+    None outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None

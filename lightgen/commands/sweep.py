@@ -41,16 +41,30 @@ def sweep(
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="Run again the jobs that failed permanently (NaN loss, bad input)."),
     runner: str = typer.Option(None, "--runner", hidden=True, help="module:function running one trial (tests)."),
+    launcher: str = typer.Option("local", "--launcher", help="local (worker processes here) or slurm (a Slurm job array through submitit)."),
+    partition: str = typer.Option(None, "--partition", help="Slurm partition (--launcher slurm)."),
+    gpus_per_node: int = typer.Option(None, "--gpus-per-node", min=0, max=64, help="GPUs per Slurm job (--launcher slurm)."),
+    nodes: int = typer.Option(None, "--nodes", min=1, max=1024, help="Nodes per Slurm job, one worker each (--launcher slurm)."),
+    time_limit: str = typer.Option(None, "--time", help="Slurm time limit per job: minutes or [D-]HH:MM:SS (default 60); "
+                                   "a pre-empted or timed-out job is requeued and resumes (--launcher slurm)."),
+    account: str = typer.Option(None, "--account", help="Slurm account (--launcher slurm)."),
+    qos: str = typer.Option(None, "--qos", help="Slurm quality of service (--launcher slurm)."),
+    array_parallelism: int = typer.Option(None, "--array-parallelism", min=1, max=10000,
+                                          help="At most this many Slurm worker jobs at once (--launcher slurm)."),
 ) -> None:
     """Run (or continue) an ablation sweep as an Optuna study; every trial is a child run in MLflow."""
     from lightgen import sweep as sw
 
+    slurm_opts = _slurm_options(launcher, partition, gpus_per_node, nodes, time_limit, account, qos, array_parallelism,
+                                workers)
     definition = sw.load_sweep(name)  # a typo'd name is refused before the default preset looks for a GPU (torch)
     overrides = _parse_sets(sets)
     preset = preset or _default_preset()
     plan = sw.plan_sweep(definition, preset, overrides, seeds=seeds)
     if dry_run:
         _print_dry_run(plan, sw.dry_run(plan))
+        if slurm_opts is not None:
+            _print_sbatch(plan, slurm_opts)
         return
     cfg = plan.base_config
     storage_url = storage or cfg.sweep.storage or sw.default_storage_url(cfg.tracking.root)
@@ -58,6 +72,8 @@ def sweep(
     if status:
         st = sw.sweep_status(plan, sw.get_study(plan, sw.open_storage(storage_url, heartbeat=False)))
         _print_status(st)
+        if slurm_opts is not None or _has_slurm_jobs(plan):
+            _print_slurm_status(plan, sw.get_study(plan, sw.open_storage(storage_url, heartbeat=False)))
         return
     gpu_list = None
     if gpus:
@@ -71,6 +87,9 @@ def sweep(
     from lightgen.progress import SweepProgress
     from lightgen.sweep.launch import SweepInterrupted
 
+    if slurm_opts is not None:
+        _launch_slurm(name, opts, slurm_opts, plan, tracking_uri or cfg.tracking.tracking_uri, preset)
+        return
     view = SweepProgress(console=Console(highlight=False))  # bars on a terminal, plain lines when piped
     try:
         result = sw.launch(name, opts, log=lambda m: view.console.print(m, highlight=False, markup=False, soft_wrap=True), plan=plan,
@@ -84,6 +103,75 @@ def sweep(
     _print_status(result)
     console.print(f"sweep {result['status']} in {result['wall_seconds']:.1f} s; parent run {result['parent_run_id']}")
     _print_next_steps(plan, tracking_uri or cfg.tracking.tracking_uri, preset)
+    if result["status"] != "FINISHED":
+        raise typer.Exit(1)
+
+
+def _slurm_options(launcher, partition, gpus_per_node, nodes, time_limit, account, qos, array_parallelism, workers):
+    """``--launcher slurm``'s options (None for the local launcher, which refuses Slurm-only options)."""
+    from lightgen.sweep.slurm import LAUNCHERS, SlurmOptions, parse_time
+
+    if launcher not in LAUNCHERS:
+        raise UserError(f"--launcher {launcher!r}: expected one of {', '.join(LAUNCHERS)}")
+    given = {"--partition": partition, "--gpus-per-node": gpus_per_node, "--nodes": nodes, "--time": time_limit,
+             "--account": account, "--qos": qos, "--array-parallelism": array_parallelism}
+    if launcher == "local":
+        used = [k for k, v in given.items() if v is not None]
+        if used:
+            raise UserError(f"{used[0]} is an option of --launcher slurm (this is --launcher local)")
+        return None
+    if time_limit is not None:
+        parse_time(time_limit)
+    return SlurmOptions(partition=partition, gpus_per_node=gpus_per_node, nodes=nodes or 1, time=time_limit,
+                        account=account, qos=qos, array_parallelism=array_parallelism, workers=workers)
+
+
+def _print_sbatch(plan, slurm_opts) -> None:
+    from lightgen.sweep.slurm import sbatch_script
+
+    n = slurm_opts.workers or len(plan.jobs)
+    print(f"slurm: {len(plan.points)} points x {plan.seeds} seeds = {len(plan.jobs)} jobs, run by a job array of "
+          f"{n} worker task(s); the sbatch script that would be submitted:")
+    print(sbatch_script(plan, slurm_opts, n))
+
+
+def _has_slurm_jobs(plan) -> bool:
+    from lightgen.sweep.slurm import recorded_jobs
+
+    return bool(recorded_jobs(plan.base_config.tracking.root, plan.study_name))
+
+
+def _print_slurm_status(plan, study) -> None:
+    from rich.table import Table
+
+    from lightgen.sweep.slurm import slurm_status
+
+    rows = slurm_status(plan, study)
+    t = Table(title=f"Slurm jobs of study {plan.study_name}: {len(rows)}")
+    for col in ("slurm job", "state", "trials"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["job_id"], r["state"], "; ".join(r["trials"]) or "-")
+    Console().print(t)
+
+
+def _launch_slurm(name, opts, slurm_opts, plan, tracking_uri, preset) -> None:
+    from lightgen import sweep as sw
+    from lightgen.sweep.launch import SweepInterrupted
+    from lightgen.sweep.slurm import launch_slurm
+
+    try:
+        result = launch_slurm(name, opts, slurm_opts, log=lambda m: print(m, flush=True), plan=plan)
+    except (ConnectionError, PermissionError) as e:
+        raise UserError(str(e)) from None
+    except SweepInterrupted:
+        raise typer.Exit(130) from None
+    _print_status(result)
+    print(f"sweep {result['status']} in {result['wall_seconds']:.1f} s; parent run {result['parent_run_id']}; "
+          f"Slurm jobs {', '.join(result['slurm_jobs']) or 'none'}")
+    if result["status"] == "INCOMPLETE":
+        print("jobs ended with work left (cancelled, failed or out of time): run the same command to continue")
+    _print_next_steps(plan, tracking_uri, preset)
     if result["status"] != "FINISHED":
         raise typer.Exit(1)
 

@@ -26,7 +26,8 @@ One job per module: ``spec`` (the schema and loading of sweep files), ``plan`` (
 ``<root>/optuna/<study>.plan.json`` that the launcher writes once and every worker reads, the dry run),
 ``study`` (Optuna storage, job states, reaping, enqueueing, progress), ``worker`` (the objective and the trial
 runner, one job's run of ``lightgen.pipeline``, called by import; ``python -m lightgen.sweep``),
-``launch`` (the parent run, spawning and supervising workers). This package re-exports their public names.
+``launch`` (the parent run, spawning and supervising workers), ``slurm`` (``--launcher slurm``: the workers as a
+Slurm job array through submitit, imported on use). This package re-exports their public names.
 """
 
 from __future__ import annotations

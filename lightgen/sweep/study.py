@@ -15,13 +15,14 @@ from lightgen import layout
 from lightgen.config import ConfigError
 from lightgen.redact import redact
 from lightgen.sweep.plan import Plan
-from lightgen.tracking import TAG_FAILURE, TAG_JOB
+from lightgen.tracking import TAG_FAILURE, TAG_JOB, TAG_SLURM_JOB
 from lightgen.utils import pid_alive
 
 ATTR_FAILURE = TAG_FAILURE  # Optuna trial user attrs: why a trial failed; a failure a retry would repeat
 ATTR_PERMANENT = "lightgen.permanent"
 ATTR_RESTORED = "lightgen.restored"  # a trial restored from MLflow after the journal lost it
 JOB_ATTR = TAG_JOB  # the Optuna trial user attr naming its job (the same name as the run tag)
+ATTR_SLURM_JOB = TAG_SLURM_JOB  # the Slurm job running the trial (``--launcher slurm``)
 
 
 def default_storage_url(root: str | Path) -> str:

@@ -21,10 +21,10 @@ from lightgen.config import ConfigError, ExperimentConfig, load_config
 from lightgen.pipeline import experiment_name, run
 from lightgen.redact import redact
 from lightgen.sweep.plan import Job, Plan, Point, _label, read_plan, run_name
-from lightgen.sweep.study import ATTR_FAILURE, ATTR_PERMANENT, JOB_ATTR, get_study, open_storage
+from lightgen.sweep.study import ATTR_FAILURE, ATTR_PERMANENT, ATTR_SLURM_JOB, JOB_ATTR, get_study, open_storage
 from lightgen.tracking import (TAG_ARM, TAG_ATTEMPT, TAG_BASE_RUN, TAG_JOB, TAG_POINT, TAG_POINT_LABEL, TAG_RESUMED_FROM,
                                TAG_STUDY, TAG_SWEEP, TAG_TRIAL, Tracker)
-from lightgen.utils import pid_alive
+from lightgen.utils import pid_alive, slurm_job_id
 
 ENV_STORAGE = "LIGHTGEN_STORAGE_URL"
 ENV_TRACKING = "LIGHTGEN_TRACKING_URI"
@@ -41,6 +41,7 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
     jobs = {j.key: j for j in plan.jobs}
     run_fn = _resolve_runner(runner)
     ran = 0
+    current: dict[str, int] = {}  # the trial this worker is running (failed and put back on SystemExit)
 
     def objective(trial: optuna.Trial) -> float:
         key = trial.user_attrs.get(JOB_ATTR)
@@ -70,11 +71,19 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", socket.gethostname())
         trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        if slurm_job_id():  # --launcher slurm: the launcher reaps a gone job's trials by this
+            trial.set_user_attr(ATTR_SLURM_JOB, slurm_job_id())
+            trial.set_user_attr("slurm_restart_count", int(os.environ.get("SLURM_RESTART_COUNT") or 0))
+        current["trial"] = trial.number
         cfg = plan.job_config(job)
         progress.start_trial(run_name(job))
         try:
             value = run_fn(cfg, plan=plan, job=job, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
                            trial=trial)
+        except SystemExit as e:  # submitit's pre-emption handler requeued the Slurm job and exits
+            trial.set_user_attr(ATTR_FAILURE, f"pre-empted or requeued (SystemExit {e.code})")
+            progress.end_trial("KILLED (pre-empted; retried from its checkpoint)")
+            raise
         except (FloatingPointError, ConfigError) as e:  # deterministic: a retry would fail the same way
             trial.set_user_attr(ATTR_PERMANENT, True)
             trial.set_user_attr(ATTR_FAILURE, redact(f"{type(e).__name__}: {e}")[:1000])
@@ -94,9 +103,34 @@ def worker_loop(plan: Plan, storage_url: str, tracking_uri: str, parent_run_id: 
         tpe_left = plan.sweep.sampler == "tpe" and n_tpe_done < plan.sweep.budget
         if not waiting and not tpe_left:
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        current.clear()
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except SystemExit:  # Optuna leaves the trial RUNNING on SystemExit: fail it and enqueue its job again
+            _fail_and_requeue(plan, study, current.get("trial"), "pre-empted or requeued")
+            raise
         ran += 1
     return ran
+
+
+def _fail_and_requeue(plan: Plan, study: Any, number: int | None, reason: str) -> None:
+    from optuna.trial import TrialState
+
+    from lightgen.sweep.study import enqueue_jobs
+
+    if number is None:
+        return
+    try:
+        from lightgen.utils import file_lock
+
+        t = study.get_trials(deepcopy=False)[number]
+        if t.state == TrialState.RUNNING:
+            study._storage.set_trial_user_attr(t._trial_id, ATTR_FAILURE, reason)
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        with file_lock(layout.study_lock(plan.base_config.tracking.root, plan.study_name)):
+            enqueue_jobs(plan, study)
+    except Exception as e:  # noqa: BLE001 - the launcher (or the requeued job) reaps it otherwise
+        print(f"warning: could not fail trial {number} on exit: {e}", file=sys.stderr)
 
 
 def _resolve_runner(spec: str | None) -> Any:

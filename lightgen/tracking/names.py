@@ -12,7 +12,7 @@ __all__ = [
     "TAG_COMMIT", "TAG_DIRTY", "TAG_KIND", "TAG_STUDY", "TAG_TRIAL", "TAG_SEED", "TAG_BASE_RUN", "TAG_PID",
     "TAG_HOST", "TAG_FAILURE", "TAG_CHECKPOINT", "TAG_BASE_CHECKPOINT", "TAG_INIT_CHECKPOINT", "TAG_CORRUPT",
     "TAG_RESUMED_FROM", "TAG_JOB", "TAG_POINT_LABEL", "TAG_ARM", "TAG_ATTEMPT", "TAG_DATASET",
-    "TAG_DATASET_PATH", "TAG_SOURCE_RUN", "resolve_tracking_uri",
+    "TAG_DATASET_PATH", "TAG_SOURCE_RUN", "TAG_SLURM_JOB", "resolve_tracking_uri",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -44,6 +44,7 @@ TAG_ATTEMPT = "lightgen.attempt"
 TAG_DATASET = "lightgen.dataset"  # the dataset's manifest hash
 TAG_DATASET_PATH = "lightgen.dataset_path"
 TAG_SOURCE_RUN = "lightgen.source_run_id"  # an imported run: its id in the store it came from
+TAG_SLURM_JOB = "lightgen.slurm_job_id"  # the Slurm job (``<array>_<task>``) that ran the run (also a trial user attr)
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

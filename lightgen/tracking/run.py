@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 from lightgen.redact import redact
 from lightgen.tracking.names import (TAG_COMMIT, TAG_DIRTY, TAG_FAILURE, TAG_HOST, TAG_KIND, TAG_PID, TAG_POINT,
-                                     TAG_PRESET, TAG_SEED, TAG_WORLD)
+                                     TAG_PRESET, TAG_SEED, TAG_SLURM_JOB, TAG_WORLD)
+from lightgen.utils import slurm_job_id
 from lightgen.tracking.store import _param_str, config_params, ensure_store, get_or_create_experiment, git_info, pip_freeze
 
 
@@ -133,8 +134,8 @@ def tracked_run(
 ) -> Iterator[Tracker]:
     """Start (or resume) a run with the studio's params/tags; end it FINISHED, FAILED or KILLED.
 
-    An exception marks the run FAILED (with the reason in tag ``lightgen.failure``); Ctrl-C or SIGTERM
-    marks it KILLED. Nothing is ever left RUNNING by a Python-level exit.
+    An exception marks the run FAILED (with the reason in tag ``lightgen.failure``); Ctrl-C, SIGTERM or a
+    ``SystemExit`` (submitit's pre-emption handler requeues the Slurm job, then exits) marks it KILLED. Nothing is ever left RUNNING by a Python-level exit.
     """
     from mlflow.tracking import MlflowClient
 
@@ -155,6 +156,8 @@ def tracked_run(
     }
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
+    if slurm_job_id():  # a run inside a Slurm job (``lightgen sweep --launcher slurm``) names its job
+        all_tags[TAG_SLURM_JOB] = slurm_job_id()
     all_tags.update(tags or {})
     if run_id is None:
         run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items()})
@@ -163,6 +166,8 @@ def tracked_run(
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, TAG_PID, str(os.getpid()))
         client.set_tag(run_id, TAG_HOST, socket.gethostname())
+        if slurm_job_id():
+            client.set_tag(run_id, TAG_SLURM_JOB, slurm_job_id())
     tracker = Tracker(run_id, uri)
     try:
         if log_config:
@@ -187,6 +192,9 @@ def tracked_run(
     except KeyboardInterrupt:
         _safe_end(tracker, "KILLED", "interrupted")
         raise
+    except SystemExit as e:  # stopped from outside (pre-emption, requeue): the run did not fail
+        _safe_end(tracker, "KILLED", f"exited (SystemExit {e.code}): pre-empted or requeued")
+        raise
     except BaseException as e:  # noqa: BLE001 - re-raised below
         _safe_end(tracker, "FAILED", f"{type(e).__name__}: {e}")
         raise
@@ -199,9 +207,15 @@ def tracked_run(
             signal.signal(signal.SIGTERM, previous)
 
 
+ENV_SYSTEM_METRICS = "LIGHTGEN_SYSTEM_METRICS"
+
+
 def _system_metrics_monitor(cfg: Any, run_id: str, uri: str) -> Any:
-    """MLflow's CPU/GPU/memory sampler for the run when ``tracking.log_system_metrics`` (needs psutil)."""
+    """MLflow's CPU/GPU/memory sampler for the run when ``tracking.log_system_metrics`` (needs psutil; GPU
+    metrics through nvidia-ml-py where a GPU is present). ``$LIGHTGEN_SYSTEM_METRICS=0`` turns it off."""
     if not getattr(getattr(cfg, "tracking", None), "log_system_metrics", False):
+        return None
+    if os.environ.get(ENV_SYSTEM_METRICS, "").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
