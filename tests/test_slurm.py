@@ -212,14 +212,15 @@ def test_bad_slurm_input_is_one_line_exit_2(tmp_path):
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "lightgen", "sweep", "data-scale", "--preset", "smoke", "--dry-run",
+    (tmp_path / "three.yaml").write_text(THREE_POINTS)
+    res = subprocess.run([sys.executable, "-m", "lightgen", "sweep", "three.yaml", "--preset", "smoke", "--dry-run",
                           "--launcher", "slurm", "--partition", "gpu", "--time", "2:00:00", "--gpus-per-node", "1",
                           "--array-parallelism", "2", "--account", "lab", "--qos", "low"],
                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    assert "5 points x 1 seeds = 5 jobs" in out and "#!/bin/bash" in out
-    for line in ("#SBATCH --array=0-4%2", "#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=1",
+    assert "3 points x 1 seeds = 3 jobs" in out and "#!/bin/bash" in out
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=1",
                  "#SBATCH --account=lab", "#SBATCH --qos=low", "#SBATCH --signal=USR2@90", "submitit.core._submit"):
         assert line in out, (line, out)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # a dry run writes nothing
