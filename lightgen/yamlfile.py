@@ -4,11 +4,13 @@ with the line and column of a syntax error. ``yaml.safe_load`` only: no Python o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from lightgen.errors import ConfigError
+from lightgen.errors import ConfigError, validation_messages
+
+M = TypeVar("M")
 
 
 def read_yaml_text(path: Path, what: str) -> str:
@@ -49,3 +51,15 @@ def load_yaml(path: Path, what: str, *, not_mapping: str, empty: dict[str, Any] 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {not_mapping}, got {type(data).__name__}")
     return data
+
+
+def load_model(path: Path, model: type[M], what: str, *, not_mapping: str, error: type[Exception] = ConfigError) -> M:
+    """A YAML mapping validated by a pydantic ``model``; a failure is ``error("invalid <what> <path>: loc:
+    message; …")``, one line naming the file and every bad field."""
+    from pydantic import ValidationError
+
+    data = load_yaml(path, what, not_mapping=not_mapping)
+    try:
+        return model.model_validate(data)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise error(f"invalid {what} {path}: {validation_messages(e)}") from None

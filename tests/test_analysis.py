@@ -573,3 +573,13 @@ def test_a_prompt_is_an_entry_of_the_list_not_its_text():
     table, _ = L._prompt_table(Src(), runs)
     assert table["prompt"].nunique() == 4
     assert S.geneval_score(table)[1]["colors"] == pytest.approx(0.75)
+
+
+def test_partial_is_said_of_the_sweep_that_is_partial(store):
+    """All sweeps at once: caption-diversity's parent is still running, so its table is PARTIAL; the finished
+    data-scale sweep's table is not, though the selection as a whole is."""
+    data = load_sweep(store.uri)
+    pts = T.point_summary(data, n_boot=100)
+    assert data.partial and "caption-diversity" in data.partial_sweeps and "data-scale" not in data.partial_sweeps
+    assert not T.build_ablation_table(data, "data-scale", pts).partial
+    assert T.build_ablation_table(data, "caption-diversity", pts).partial

@@ -23,15 +23,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lightgen.analysis import stats
 from lightgen.analysis.loader import standard_results
 from lightgen.analysis.render import Block, Table
 from lightgen.config import REPO_ROOT
-from lightgen.errors import UserError, validation_messages
+from lightgen.errors import UserError
 from lightgen.sizes import parse_size
-from lightgen.yamlfile import load_yaml
+from lightgen.yamlfile import load_model
 
 HYPOTHESES_FILE = REPO_ROOT / "study" / "hypotheses.yaml"
 SPLITS = ("standard", "intrain", "novel", "heldout", "all")
@@ -78,11 +78,8 @@ def load_hypotheses(path: str | Path | None = None) -> HypothesisFile:
     p = Path(path) if path is not None else HYPOTHESES_FILE
     if not p.is_file():
         raise UserError(f"hypotheses file not found: {p}")
-    data = load_yaml(p, "hypotheses file", not_mapping="a hypotheses file must be a mapping")
-    try:
-        return HypothesisFile.model_validate(data)
-    except ValidationError as e:
-        raise UserError(f"invalid hypotheses file {p}: {validation_messages(e)}") from None
+    return load_model(p, HypothesisFile, "hypotheses file", not_mapping="a hypotheses file must be a mapping",
+                      error=UserError)
 
 
 @dataclass

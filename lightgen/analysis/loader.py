@@ -55,6 +55,7 @@ class SweepData:
     source: "RunSource"
     notes: list[str] = field(default_factory=list)
     partial: bool = False
+    partial_sweeps: set = field(default_factory=set)   # the sweeps whose own runs make the selection partial
     _results: pd.DataFrame | None = None
     _history: dict[str, pd.DataFrame] = field(default_factory=dict)
 
@@ -79,7 +80,8 @@ class SweepData:
         parents = self.parents[self.parents["sweep"] == sweep].reset_index(drop=True)
         res = None if self._results is None else self._results[self._results["run_id"].isin(runs["run_id"])]
         return SweepData(runs=runs, parents=parents, source=self.source, notes=self.notes,
-                         partial=self.partial, _results=res)
+                         partial=sweep in self.partial_sweeps, partial_sweeps=self.partial_sweeps & {sweep},
+                         _results=res)
 
     def parent_run_id(self, sweep: str | None = None) -> str | None:
         """The newest parent run of ``sweep`` (or of the only sweep loaded), if the source is MLflow."""
@@ -296,9 +298,11 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
         kinds = ", ".join(sorted(set(helpers["kind"].astype(str))))
         notes.append(f"{len(helpers)} helper run(s) of kind {kinds} are not sweep points and are left out")
     partial = False
+    partial_sweeps: set[str] = set()
     running_parents = parents[parents["status"] == "RUNNING"]
     if len(running_parents):
         partial = True
+        partial_sweeps |= set(running_parents["sweep"].dropna())
         notes.append(f"sweep still running ({', '.join(sorted(set(running_parents['sweep'].dropna())))}): "
                      "results are partial")
     finished = trials[trials["status"] == "FINISHED"].sort_values("start_time", kind="stable")
@@ -311,11 +315,15 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
     open_ = others[np.array([(p, s) not in done for p, s in zip(others["point_id"], others["seed"])], dtype=bool)]
     for status, grp in open_.groupby("status"):
         partial = True
+        partial_sweeps |= set(grp["sweep"].dropna())
         notes.append(f"{len(grp)} {status} trial run(s) without a finished replacement are left out")
     if kept.empty:
         raise NoData(f"no finished trial runs in {where}"
                      + (f" ({'; '.join(notes)})" if notes else "") + ": nothing to show")
     seeds_per_point = kept.groupby("point_id")["seed"].nunique()
+    for sw, grp in kept.groupby("sweep"):
+        if grp.groupby("point_id")["seed"].nunique().nunique() > 1:
+            partial_sweeps.add(sw)
     if seeds_per_point.nunique() > 1:
         partial = True
         notes.append(f"points have unequal numbers of seeds ({seeds_per_point.min()}–{seeds_per_point.max()})")
@@ -323,7 +331,7 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
         n = len(kept) if "metrics.geneval/overall" not in kept.columns else int(kept["metrics.geneval/overall"].isna().sum())
         notes.append(f"{n} finished run(s) have no geneval/overall metric; their cells are empty")
     return SweepData(runs=kept.reset_index(drop=True), parents=parents, source=source, notes=notes,
-                     partial=partial)
+                     partial=partial, partial_sweeps=partial_sweeps)
 
 
 def load_runs(tracking_uri: str | None = None, sweep: str | None = None, experiment: str | None = None,

@@ -139,21 +139,33 @@ def _cuda_device_count() -> int:
         return 0
 
 
-def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | None = None,
-           view: Any = None) -> dict[str, Any]:
-    """Run (or continue) a sweep to completion; ``plan`` (else planned here from ``name``) is written once
-    to ``<root>/optuna/<study>.plan.json``, which every worker reads. Returns a summary dict. Workers'
-    output goes through ``view`` (a :class:`lightgen.progress.SweepProgress`, made here when not given):
-    labelled progress per trial. Ctrl-C stops the workers and raises :class:`SweepInterrupted`."""
-    from lightgen.progress import SweepProgress
-    from lightgen.tracking import check_reachable, ensure_store
+@dataclass
+class Prepared:
+    """What every launcher (local, Slurm) sets up once before its workers start."""
 
-    view = view if view is not None else SweepProgress()
+    plan: Plan
+    cfg: ExperimentConfig
+    tracking_uri: str
+    root: Path
+    storage_url: str
+    storage: Any
+    lock: Path
+    study: Any
+    parent: str
+    plan_file: Path
+    checked: Any = None   # what the launcher's own ``check`` returned
+
+
+def prepare_launch(name: str, opts: Any, log: Any = print, *, plan: Plan | None = None,
+                   check: Any = None) -> Prepared:
+    """Check the inputs (runner, store, root, storage URL, then the launcher's own ``check(cfg)``) before
+    anything is created; then create the MLflow store, the Optuna study, the parent run and the plan file,
+    once, under the study's file lock (two launchers at once: one creates, the other joins)."""
+    from lightgen.tracking import check_reachable, ensure_store
 
     _resolve_runner(opts.runner)  # refuse a runner outside the allowed modules before anything starts
     if plan is None:
         plan = plan_sweep(load_sweep(name), opts.preset, opts.sets, seeds=opts.seeds)
-    sweep = plan.sweep
     cfg = plan.base_config
     tracking_uri = resolve_tracking_uri(opts.tracking_uri or cfg.tracking.tracking_uri)
     check_reachable(tracking_uri)
@@ -161,15 +173,31 @@ def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | Non
     _check_writable(root)
     storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
     check_storage_url(storage_url, "--storage" if opts.storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
-    workers_env = resolve_workers(opts, cfg)
+    checked = check(cfg) if check is not None else None
     ensure_store(tracking_uri)  # checked, and created once under a file lock, before anything uses it
-
     storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
     lock = layout.study_lock(root, plan.study_name)
-    with file_lock(lock):  # two launchers at once: one creates the study and the parent, the other joins
+    with file_lock(lock):
         study = get_study(plan, storage)
         parent = ensure_parent_run(plan, tracking_uri)
         plan_file = write_plan(plan, layout.plan_file(root, plan.study_name))
+    return Prepared(plan, cfg, tracking_uri, root, storage_url, storage, lock, study, parent, plan_file, checked)
+
+
+def launch(name: str, opts: LaunchOptions, log: Any = print, *, plan: Plan | None = None,
+           view: Any = None) -> dict[str, Any]:
+    """Run (or continue) a sweep to completion; ``plan`` (else planned here from ``name``) is written once
+    to ``<root>/optuna/<study>.plan.json``, which every worker reads. Returns a summary dict. Workers'
+    output goes through ``view`` (a :class:`lightgen.progress.SweepProgress`, made here when not given):
+    labelled progress per trial. Ctrl-C stops the workers and raises :class:`SweepInterrupted`."""
+    from lightgen.progress import SweepProgress
+
+    view = view if view is not None else SweepProgress()
+
+    prep = prepare_launch(name, opts, log, plan=plan, check=lambda cfg: resolve_workers(opts, cfg))
+    plan, sweep, cfg, workers_env = prep.plan, prep.plan.sweep, prep.cfg, prep.checked
+    tracking_uri, root, storage_url, storage = prep.tracking_uri, prep.root, prep.storage_url, prep.storage
+    lock, study, parent, plan_file = prep.lock, prep.study, prep.parent, prep.plan_file
     launchers = layout.launchers_dir(root, plan.study_name)
     me = _register_launcher(launchers)
     t0 = time.time()

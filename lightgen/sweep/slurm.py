@@ -289,34 +289,16 @@ def launch_slurm(name: str, opts: Any, sopts: SlurmOptions, log: Any = print, *,
     from optuna.trial import TrialState
 
     from lightgen import tracking
-    from lightgen.sweep.launch import SweepInterrupted, _check_writable, ensure_parent_run
-    from lightgen.sweep.plan import plan_sweep, write_plan
-    from lightgen.sweep.spec import load_sweep
-    from lightgen.sweep.study import (_has_waiting, check_storage_url, default_storage_url, enqueue_jobs, get_study,
-                                      open_storage, permanently_failed, reap_dead_trials, restore_from_mlflow,
-                                      sweep_status)
-    from lightgen.sweep.worker import _resolve_runner
-    from lightgen.tracking import check_reachable, ensure_store, resolve_tracking_uri
+    from lightgen.sweep.launch import SweepInterrupted, prepare_launch
+    from lightgen.sweep.study import (_has_waiting, enqueue_jobs, permanently_failed, reap_dead_trials,
+                                      restore_from_mlflow, sweep_status)
 
     check_slurm()
     sopts.minutes()  # a bad --time is refused before anything is created
-    _resolve_runner(opts.runner)
-    if plan is None:
-        plan = plan_sweep(load_sweep(name), opts.preset, opts.sets, seeds=opts.seeds)
-    cfg = plan.base_config
-    tracking_uri = resolve_tracking_uri(opts.tracking_uri or cfg.tracking.tracking_uri)
-    check_reachable(tracking_uri)
-    root = Path(cfg.tracking.root)
-    _check_writable(root)
-    storage_url = opts.storage or cfg.sweep.storage or default_storage_url(root)
-    check_storage_url(storage_url, "--storage" if opts.storage else "sweep.storage" if cfg.sweep.storage else "tracking.root")
-    ensure_store(tracking_uri)
-    storage = open_storage(storage_url, heartbeat=False, repair=True, log=log)
-    lock = layout.study_lock(root, plan.study_name)
-    with file_lock(lock):
-        study = get_study(plan, storage)
-        parent = ensure_parent_run(plan, tracking_uri)
-        plan_file = write_plan(plan, layout.plan_file(root, plan.study_name))
+    prep = prepare_launch(name, opts, log, plan=plan)
+    plan, cfg, tracking_uri, root = prep.plan, prep.cfg, prep.tracking_uri, prep.root
+    storage_url, storage, lock, study, parent, plan_file = (prep.storage_url, prep.storage, prep.lock, prep.study,
+                                                            prep.parent, prep.plan_file)
     folder = jobs_folder(root, plan.study_name).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)  # the pickles hold the storage URL (maybe with a password)

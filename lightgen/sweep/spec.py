@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lightgen.config import REPO_ROOT, ConfigError
-from lightgen.yamlfile import load_yaml
-from lightgen.errors import validation_messages
+from lightgen.yamlfile import load_model
 from lightgen.geneval.tasks import TASKS as GENEVAL_TASKS
 
 SWEEP_DIR = REPO_ROOT / "sweeps"
@@ -193,8 +192,4 @@ def load_sweep(name_or_path: str | Path) -> SweepDef:
         raise ConfigError(f"sweep file {p} is a folder, expected a YAML file")
     elif not p.is_file():
         raise ConfigError(f"sweep file not found: {p}")
-    data = load_yaml(p, "sweep file", not_mapping="a sweep definition must be a mapping")
-    try:
-        return SweepDef.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"invalid sweep definition {p}: {validation_messages(e)}") from None
+    return load_model(p, SweepDef, "sweep definition", not_mapping="a sweep definition must be a mapping")
