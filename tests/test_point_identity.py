@@ -34,7 +34,7 @@ def test_dpo_points_never_share_an_identity_with_pretraining_points():
 
 
 def _sweep(cwd: Path, name: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lightgen", "sweep", name, "--preset", "smoke", "--workers", "1"]
+    cmd = [sys.executable, "-m", "lightgen", "sweep", name, "--preset", "smoke", "--workers", "2"]  # 2 cores
     for s in FAST:
         cmd += ["--set", s]
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_LOGGING_LEVEL": "WARNING"}
