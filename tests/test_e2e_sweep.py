@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.store_readers import mlflow_runs as _runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # a CPU-minute version of the smoke preset: the pipeline, not the learning, is under test
@@ -28,13 +29,6 @@ def _sweep(cwd: Path, sweep: str, sets: list[str], *extra: str) -> subprocess.Co
     for s in sets:
         cmd += ["--set", s]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
-
-
-def _runs(cwd: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return mlflow.search_runs(search_all_experiments=True)
 
 
 def test_toy_sweep_end_to_end_with_tracking_contract_and_tables(tmp_path):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.store_readers import mlflow_runs as _runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "lightgen.testing:fake_trial"
@@ -38,13 +39,6 @@ def _env(extra: dict | None = None) -> dict:
 def _lightgen(cwd: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lightgen", *args], cwd=cwd, env=env or _env(),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def _runs(cwd: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return mlflow.search_runs(search_all_experiments=True)
 
 
 @pytest.fixture(scope="module")

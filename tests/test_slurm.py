@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from slurm_cluster import Unavailable, missing_binaries, start_cluster  # noqa: E402
+from tests.store_readers import mlflow_runs as _runs, study_trials as _trials  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "lightgen.testing:fake_trial"
@@ -55,20 +56,26 @@ def _sweep(cwd: Path, env: dict, name: str, *args: str, timeout: int = 300) -> s
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _runs(cwd: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return mlflow.search_runs(search_all_experiments=True)
-
-
-def _trials(cwd: Path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    storage = JournalStorage(JournalFileBackend(str(cwd / "mlruns" / "optuna" / "journal.log")))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+def _scancel_mid_trial(cluster, cwd: Path, launcher: subprocess.Popen, *scancel_args: str):
+    """Wait until a fake trial of seed 0 has passed step 3 and is not done, then ``scancel`` (with
+    ``scancel_args``) the Slurm job running it. Returns (job id, run id, the trial's state file), or None when
+    no trial got there before the launcher ended or 600 s passed (a loaded 2-core machine takes minutes to
+    start the launcher and the jobs)."""
+    deadline = time.time() + 600
+    while time.time() < deadline and launcher.poll() is None:
+        for f in (cwd / "mlruns" / "checkpoints").glob("*/seed0/fake_state.json"):
+            try:
+                st = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if st.get("done") or st["step"] < 3:
+                continue
+            trial = next(t for t in _trials(cwd) if t.number == st["trial"])
+            job_id = trial.user_attrs["lightgen.slurm_job_id"]
+            cluster.run("scancel", *scancel_args, job_id)
+            return job_id, st["run_id"], f
+        time.sleep(0.3)
+    return None
 
 
 def _no_left_jobs(cluster) -> None:
@@ -127,22 +134,8 @@ def test_scancel_mid_trial_then_rerun_loses_nothing(cluster, tmp_path):
     cmd = [sys.executable, "-m", "lightgen", "sweep", "three.yaml", "--preset", "smoke", "--runner", FAKE,
            "--launcher", "slurm", "--workers", "2", "--time", "10"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cancelled = None
-    deadline = time.time() + 600  # a loaded 2-core machine takes minutes to start the launcher and the jobs
     try:
-        while cancelled is None and time.time() < deadline and launcher.poll() is None:
-            for f in (tmp_path / "mlruns" / "checkpoints").glob("*/seed0/fake_state.json"):
-                try:
-                    st = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if st.get("done") or st["step"] < 3:
-                    continue
-                trial = next(t for t in _trials(tmp_path) if t.number == st["trial"])
-                cancelled = (trial.user_attrs["lightgen.slurm_job_id"], st["run_id"], f)
-                cluster.run("scancel", cancelled[0])
-                break
-            time.sleep(0.3)
+        cancelled = _scancel_mid_trial(cluster, tmp_path, launcher)
         out, _ = launcher.communicate(timeout=600)
     finally:
         if launcher.poll() is None:
@@ -263,22 +256,8 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     cmd = [sys.executable, "-m", "lightgen", "sweep", "two.yaml", "--preset", "smoke", "--runner", FAKE,
            "--launcher", "slurm", "--workers", "1", "--time", "10"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    signalled = None
-    deadline = time.time() + 600
     try:
-        while signalled is None and time.time() < deadline and launcher.poll() is None:
-            for f in (tmp_path / "mlruns" / "checkpoints").glob("*/seed0/fake_state.json"):
-                try:
-                    st = json.loads(f.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue
-                if st.get("done") or st["step"] < 3:
-                    continue
-                trial = next(t for t in _trials(tmp_path) if t.number == st["trial"])
-                signalled = (trial.user_attrs["lightgen.slurm_job_id"], st["run_id"], f)
-                cluster.run("scancel", "--signal=USR2", signalled[0])
-                break
-            time.sleep(0.3)
+        signalled = _scancel_mid_trial(cluster, tmp_path, launcher, "--signal=USR2")
         out, _ = launcher.communicate(timeout=600)
     finally:
         if launcher.poll() is None:

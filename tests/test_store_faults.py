@@ -15,6 +15,7 @@ import pytest
 from lightgen.cliutil import UserError
 from lightgen.sweep import open_storage
 from lightgen.tracking import DamagedStoreError, check_sqlite_store, ensure_store
+from tests.store_readers import mlflow_runs as _runs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "lightgen.testing:fake_trial"
@@ -34,13 +35,6 @@ def _cmd(*args: str) -> list[str]:
 
 def _sweep(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(_cmd(*args), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
-
-
-def _runs(cwd: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return mlflow.search_runs(search_all_experiments=True)
 
 
 def _integrity(db: Path) -> list:

@@ -18,6 +18,7 @@ import pytest
 
 from lightgen.config import ConfigError
 from lightgen.sweep import available_sweeps, load_sweep, plan_sweep
+from tests.store_readers import mlflow_runs as _runs, study_trials as _trials  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE = "lightgen.testing:fake_trial"
@@ -107,22 +108,6 @@ def _sweep_cmd(*args: str) -> list[str]:
 def _sweep(cwd: Path, env: dict, *args: str, timeout: int) -> subprocess.CompletedProcess:
     """Run the smoke data-scale sweep with the fake runner in ``cwd``."""
     return subprocess.run(_sweep_cmd(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _runs(cwd: Path):
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    return mlflow.search_runs(search_all_experiments=True)
-
-
-def _trials(cwd: Path):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    storage = JournalStorage(JournalFileBackend(str(cwd / "mlruns" / "optuna" / "journal.log")))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
 
 
 def _assert_each_job_once(cwd: Path, n_points: int = 5) -> None:

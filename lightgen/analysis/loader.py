@@ -55,7 +55,8 @@ class SweepData:
     source: "RunSource"
     notes: list[str] = field(default_factory=list)
     partial: bool = False
-    partial_sweeps: set = field(default_factory=set)   # the sweeps whose own runs make the selection partial
+    partial_sweeps: set = field(default_factory=set)   # the sweeps whose own runs are partial (each table says it of
+    #                                                    itself: parent running, runs open, unequal seeds)
     _results: pd.DataFrame | None = None
     _history: dict[str, pd.DataFrame] = field(default_factory=dict)
 

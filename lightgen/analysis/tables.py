@@ -380,15 +380,7 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
     numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
-    return Table(f"Ablation: {sweep}", list(rows.columns), blocks, notes + list(data.notes), _partial(data, sweep), numeric=numeric, name=f"ablation_{sweep}")
-
-
-def _partial(data: SweepData, sweep: str) -> bool:
-    """Is this sweep's own table partial (its parent still running, its runs open, its seeds unequal)? A
-    selection of several sweeps is partial as a whole when any one is; each table says it of itself."""
-    if not data.partial_sweeps and data.partial:   # a SweepData built without per-sweep flags
-        return True
-    return sweep in data.partial_sweeps
+    return Table(f"Ablation: {sweep}", list(rows.columns), blocks, notes + list(data.notes), sweep in data.partial_sweeps, numeric=numeric, name=f"ablation_{sweep}")
 
 
 def _sort_points(pts: pd.DataFrame, knobs: list[str]) -> pd.DataFrame:
@@ -462,5 +454,5 @@ def _iterations_table(sweep: str, hist: pd.DataFrame, data: SweepData) -> Table:
              "No paired tests: per-image results are logged only for the final step."]
     numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
     return Table(f"Ablation: {sweep} (GenEval vs training step)", list(rows.columns),
-                 [Block(f"sweep {sweep}", rows)], notes + list(data.notes), _partial(data, sweep), numeric=numeric,
+                 [Block(f"sweep {sweep}", rows)], notes + list(data.notes), sweep in data.partial_sweeps, numeric=numeric,
                  name=f"ablation_{sweep}")
