@@ -321,13 +321,14 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
     if kept.empty:
         raise NoData(f"no finished trial runs in {where}"
                      + (f" ({'; '.join(notes)})" if notes else "") + ": nothing to show")
-    seeds_per_point = kept.groupby("point_id")["seed"].nunique()
+    # unequal seeds say a sweep is unfinished only within one sweep: two sweeps may differ in seeds by design
     for sw, grp in kept.groupby("sweep"):
-        if grp.groupby("point_id")["seed"].nunique().nunique() > 1:
+        seeds_per_point = grp.groupby("point_id")["seed"].nunique()
+        if seeds_per_point.nunique() > 1:
+            partial = True
             partial_sweeps.add(sw)
-    if seeds_per_point.nunique() > 1:
-        partial = True
-        notes.append(f"points have unequal numbers of seeds ({seeds_per_point.min()}–{seeds_per_point.max()})")
+            notes.append(f"sweep {sw}: points have unequal numbers of seeds "
+                         f"({seeds_per_point.min()}–{seeds_per_point.max()})")
     if "metrics.geneval/overall" not in kept.columns or kept["metrics.geneval/overall"].isna().any():
         n = len(kept) if "metrics.geneval/overall" not in kept.columns else int(kept["metrics.geneval/overall"].isna().sum())
         notes.append(f"{n} finished run(s) have no geneval/overall metric; their cells are empty")
