@@ -154,7 +154,7 @@ def test_shipped_hypotheses_file_matches_the_shipped_sweeps():
     from lightgen.sweep import load_sweep, plan_sweep
 
     hf = H.load_hypotheses()
-    assert [h.id for h in hf.hypotheses] == ["H1", "H2", "H3a", "H3b", "H4", "C+", "C0"]
+    assert [h.id for h in hf.hypotheses] == ["H1", "H2", "H3a", "H3b", "H4", "C+", "C+b", "C0"]
     plans = {}
     for h in hf.hypotheses:
         plan = plans.setdefault(h.sweep, plan_sweep(load_sweep(h.sweep), "cpu"))

@@ -64,8 +64,9 @@ def test_cpu_study_sweeps():
     knobs = {p.arm: p.cfg.data for p in conf.points if p.arm.startswith("h3-")}
     assert knobs["h3-coverage"].coverage == 0.05 and knobs["h3-variety"].variety == 0.0
     assert knobs["h3-density"].density == 0.0
-    aa = plan_sweep(load_sweep("controls"), "cpu")
-    assert len(aa.points) == 1 and aa.seeds == 10
+    controls = plan_sweep(load_sweep("controls"), "cpu")
+    assert controls.seeds == 10 and {p.arm: p.cfg.train.iterations for p in controls.points} == {
+        "aa": 3000, "budget": 750}  # A/A and the training-budget positive control (PLAN A7), one point each
     dpo = plan_sweep(load_sweep("dpo-beta"), "cpu")
     betas = {p.cfg.dpo.beta for p in dpo.points if p.cfg.dpo.mode == "dpo"}
     assert len(betas) >= 4 and all(p.cfg.dpo.lr == 1e-5 for p in dpo.points)
