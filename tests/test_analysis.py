@@ -214,6 +214,27 @@ def test_load_runs_duplicates_failures_and_running_sweep(store):
     assert "still running" in notes and "1 duplicate" in notes and "1 FAILED" in notes
 
 
+def test_the_same_point_in_two_sweeps_is_a_point_of_each(tmp_path):
+    """One config run by two sweeps (the A/A control's point is a data-scale point too) counts in both;
+    a retried job within one sweep still counts once (the latest run)."""
+    b = StoreBuilder(tmp_path)
+    pa, pb = b.parent("a"), b.parent("b")
+    b.trial("a", pa, "shared", 0, {}, metrics_for(1), records(1))
+    b.trial("a", pa, "shared", 0, {}, metrics_for(2), records(2))          # the retry: this one counts
+    b.trial("b", pb, "shared", 0, {}, metrics_for(3), records(3))
+    b.trial("a", pa, "other", 1, {}, None, None, status="FAILED")
+    b.trial("b", pb, "other", 1, {}, metrics_for(0), records(0))          # finished in b, not in a
+    df = load_runs(b.uri)
+    assert sorted(zip(df["sweep"], df["point_id"], df["seed"])) == [("a", "shared", 0), ("b", "other", 1),
+                                                                    ("b", "shared", 0)]
+    assert df.loc[df["sweep"] == "a", "metrics.geneval/overall"].tolist() == [metrics_for(2)["geneval/overall"]]
+    notes = " ".join(df.attrs["notes"])
+    assert "1 duplicate" in notes and "1 FAILED" in notes and df.attrs["partial"] is True
+    pts = T.point_summary(load_sweep(b.uri), n_boot=50)                   # a table row per sweep's point
+    assert sorted(zip(pts["sweep"], pts["point_id"], pts["seeds"])) == [("a", "shared", 1), ("b", "other", 1),
+                                                                        ("b", "shared", 1)]
+
+
 def test_load_prompt_results_long_table(store):
     res = load_prompt_results(store.uri, sweep="data-scale")
     assert len(res) == 6 * 24

@@ -306,14 +306,17 @@ def load_sweep(tracking_uri: str | None = None, sweep: str | None = None, experi
         partial_sweeps |= set(running_parents["sweep"].dropna())
         notes.append(f"sweep still running ({', '.join(sorted(set(running_parents['sweep'].dropna())))}): "
                      "results are partial")
+    # a job retried within a sweep leaves several runs of one (point, seed): the latest counts. The same
+    # config in two sweeps (e.g. the A/A control's point is also a data-scale point) is a point of each.
+    key = ["sweep", "point_id", "seed"]
     finished = trials[trials["status"] == "FINISHED"].sort_values("start_time", kind="stable")
-    kept = finished.drop_duplicates(["point_id", "seed"], keep="last")
+    kept = finished.drop_duplicates(key, keep="last")
     n_dup = len(finished) - len(kept)
     if n_dup:
-        notes.append(f"{n_dup} duplicate finished run(s) of the same (point, seed) ignored; the latest is kept")
+        notes.append(f"{n_dup} duplicate finished run(s) of the same (sweep, point, seed) ignored; the latest is kept")
     others = trials[trials["status"] != "FINISHED"]
-    done = set(zip(kept["point_id"], kept["seed"]))
-    open_ = others[np.array([(p, s) not in done for p, s in zip(others["point_id"], others["seed"])], dtype=bool)]
+    done = set(zip(*(kept[k] for k in key)))
+    open_ = others[np.array([t not in done for t in zip(*(others[k] for k in key))], dtype=bool)]
     for status, grp in open_.groupby("status"):
         partial = True
         partial_sweeps |= set(grp["sweep"].dropna())

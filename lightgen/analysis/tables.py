@@ -114,7 +114,8 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
     results = standard_results(data.prompt_results())   # Overall, its CI and the check: the standard set
     extra = _extra_knobs(runs)
     rows = []
-    for pid, grp in runs.groupby("point_id", sort=False):
+    # a point of each sweep: the same config run by two sweeps (the A/A point is a data-scale point) is a row of each
+    for (_, pid), grp in runs.groupby(["sweep", "point_id"], sort=False, dropna=False):
         first = grp.iloc[0]
         arm = first.get("tags.lightgen.arm")
         row: dict = {"point_id": pid, "sweep": first["sweep"], "arm": arm if isinstance(arm, str) else None,
