@@ -7,7 +7,8 @@
     python analysis/make_tables.py --from study/runs            # + the pre-registered hypotheses table
 
 The hypotheses table (H1–H4 and the controls of ``study/hypotheses.yaml``, or ``--hypotheses FILE``) is
-built when the runs hold any of its sweeps, or always with ``--only hypotheses``.
+built when the runs hold any of its sweeps, or always with ``--only hypotheses``. The per-seed table
+(``--only seeds``) lists every run's own score: the values the means and the seed-level tests are made of.
 
 Paper rows come from ``lightgen/analysis/paper_tables.csv`` (numbers of arXiv:2503.08619) and are kept
 in their own block; studio rows are grouped by world and prompt set and toy-world rows are labelled
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source_arguments(p)
     p.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
-    p.add_argument("--only", choices=["all", "paper", "ablation", "hypotheses"], default="all",
+    p.add_argument("--only", choices=["all", "paper", "ablation", "seeds", "hypotheses"], default="all",
                    help="which tables to build (default: all)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--n-resamples", type=int, default=9999, help="sign-flip resamples of the paired tests")
@@ -66,6 +67,8 @@ def build_tables(args: argparse.Namespace):
         for sweep in sorted(points["sweep"].dropna().unique()):
             tables.append(T.build_ablation_table(data, sweep, points, n_resamples=args.n_resamples,
                                                  seed=args.seed, per_task_split=args.per_task_split))
+    if args.only in ("all", "seeds"):
+        tables.append(T.build_seed_table(data, points))
     if args.only in ("all", "hypotheses"):
         from lightgen.analysis import hypotheses as H
 

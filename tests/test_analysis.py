@@ -608,3 +608,21 @@ def test_partial_is_said_of_the_sweep_that_is_partial(store):
         "sweep caption-diversity: points have unequal numbers of seeds (1–2)"]
     assert not T.build_ablation_table(data, "data-scale", pts).partial
     assert T.build_ablation_table(data, "caption-diversity", pts).partial
+
+
+def test_seed_table_lists_every_runs_own_score_in_seed_order(store):
+    data = load_sweep(store.uri)
+    t = T.build_seed_table(data, T.point_summary(data, n_boot=100))
+    by_block = {b.label: b.rows.set_index("Point") for b in t.blocks}
+    ds = by_block["sweep data-scale"]
+    assert list(ds.index) == ["Scale 100K", "Scale 200K", "Scale 500K"]
+    # seeds 0, 1 of 100K scored 1/4 and 2/4 of their prompts: each value, not the mean
+    assert ds.loc["Scale 100K", "Seeds"] == "0, 1" and ds.loc["Scale 100K", "Overall by seed"] == "0.250 / 0.500"
+    assert ds.loc["Scale 500K", "Held-out by seed"] == "– / –"      # not logged
+    it = by_block["sweep iterations (GenEval along training)"]
+    assert it.loc["step 40", "Overall by seed"] == "0.500 / 0.750"
+    dpo = by_block["sweep dpo-beta"]
+    assert dpo.loc["Mode dpo, β 5000", "Overall by seed"] == "1.000 / 0.750"
+    assert "– / –" not in set(dpo["Overall by seed"])
+    md = T.render(t, "markdown")
+    assert "| Scale 200K | 0, 1 | 0.500 / 0.750 | – / – |" in md

@@ -72,6 +72,8 @@ def test_h1_difference_of_differences_by_hand():
     assert r.p_perm == pytest.approx(np.mean(flips)) and r.p_perm == pytest.approx(2 / 64)
     assert r.low < 0.5 < r.high and r.high - r.low < 1.0
     assert r.n_seeds == {"d1_n": 3, "d0_n": 3, "d05_2n": 3, "d05_n": 3}
+    # the units the test is made of, per world seed and in seed order (3, 2, 2 | 2, 1, 2 quarters)
+    assert r.units == "world.seed 0: +0.750 / +0.500 / +0.500; world.seed 1: +0.500 / +0.250 / +0.500"
 
 
 def test_h1_from_logged_metrics_when_no_per_image_results():
@@ -141,6 +143,10 @@ def test_aa_control_unpaired_welch_and_verdicts():
     assert out[0].estimate == pytest.approx(a.mean() - b.mean())
     assert out[0].p_value == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue)
     assert out[0].verdict == ("detected (control FAILS)" if out[0].p_value < 0.05 else "not detected (control passes)")
+    assert out[0].units == (f"first: {' / '.join(f'{v:.3f}' for v in a)}; "
+                            f"second: {' / '.join(f'{v:.3f}' for v in b)}")
+    row = H.hypotheses_table(out).blocks[0].rows.iloc[0]
+    assert row["Per-seed values"] == out[0].units
     # a positive control on a real difference: arm "second" made all-correct
     res2 = res.copy()
     res2.loc[res2["run_id"].isin([f"aa-{s}" for s in range(5, 10)]), "correct"] = True

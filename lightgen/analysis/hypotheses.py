@@ -38,7 +38,7 @@ SPLITS = ("standard", "intrain", "novel", "heldout", "all")
 SPLIT_LABELS = {"standard": "standard", "all": "all prompts", "intrain": "In-train", "novel": "Novel",
                 "heldout": "Held-out"}
 COLUMNS = ["ID", "Family", "Hypothesis", "Sweep", "Split", "Seeds", "Estimate", "CI (95%)", "p (seed t)",
-           "p (seed perm.)", "p (Holm)", "Verdict"]
+           "p (seed perm.)", "p (Holm)", "Verdict", "Per-seed values"]
 
 
 class _Strict(BaseModel):
@@ -95,6 +95,7 @@ class HypothesisResult:
     missing: list[str] = field(default_factory=list)
     note: str = ""
     verdict: str = ""
+    units: str = ""            # the values the seed-level test is made of (per-unit contrasts, or per-arm scores)
 
 
 def _same(value: Any, want: Any, key: str) -> bool:
@@ -200,6 +201,7 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
         scores = meta.assign(score=score.to_numpy()).dropna(subset=["score"])
         r.note = "logged metrics (no per-image results): CI from seeds only"
     t = stats.seed_level_test(scores, h.contrast, paired=h.paired, seed=seed)
+    r.units = _units_text(scores, h)
     r.estimate, r.p_value, r.p_perm = t.estimate, t.p_value, t.p_perm
     if not np.isfinite(r.low):   # no per-image results: t-interval over seeds
         if h.paired and t.n_units >= 2:
@@ -207,6 +209,19 @@ def evaluate(h: Hypothesis, runs: pd.DataFrame, results: pd.DataFrame, n_boot: i
             half = sps.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
             r.low, r.high = r.estimate - half, r.estimate + half
     return r
+
+
+def _units_text(scores: pd.DataFrame, h: Hypothesis) -> str:
+    """Paired: the contrast of every (stratum, seed) unit, in that order; unpaired: each arm's per-seed scores."""
+    fmt = lambda v: " / ".join(f"{x:+.3f}" if h.paired else f"{x:.3f}" for x in v)  # noqa: E731
+    if h.paired:
+        units = stats.contrast_units(scores, h.contrast).sort_index()
+        if units.index.get_level_values("stratum").nunique() > 1:
+            return "; ".join(f"{h.strata} {s}: {fmt(g.to_numpy())}"
+                             for s, g in units.groupby(level="stratum", sort=True))
+        return fmt(units.to_numpy())
+    return "; ".join(f"{a}: {fmt(scores[scores['arm'] == a].sort_values('seed')['score'].to_numpy())}"
+                     for a in h.contrast)
 
 
 def evaluate_all(hf: HypothesisFile, runs: pd.DataFrame, results: pd.DataFrame, n_boot: int = 2000,
@@ -239,7 +254,7 @@ def hypotheses_table(results: list[HypothesisResult], alpha: float = 0.05) -> Ta
             "Estimate": _fmt(r.estimate),
             "CI (95%)": "n/a" if not (np.isfinite(r.low) and np.isfinite(r.high)) else f"[{r.low:.3f}, {r.high:.3f}]",
             "p (seed t)": _fmt(r.p_value), "p (seed perm.)": _fmt(r.p_perm), "p (Holm)": _fmt(r.p_holm),
-            "Verdict": r.verdict,
+            "Verdict": r.verdict, "Per-seed values": r.units or "–",
         } for r in results if r.h.family == fam]
         blocks.append(Block(f"family: {fam}", pd.DataFrame(rows, columns=COLUMNS), bold=False))
     notes = [f"Pre-registered in study/hypotheses.yaml; α = {alpha}; Holm within each family. Unit of inference: "
@@ -249,7 +264,9 @@ def hypotheses_table(results: list[HypothesisResult], alpha: float = 0.05) -> Ta
              "by all seeds), est ± t·SE.",
              "p values are two-sided; a verdict 'supported' (or 'detected') needs p (Holm) < α and the predicted "
              "sign. Holm counts every member of a family, a member not run as p = 1; 'not run' names the arms "
-             "without runs."]
+             "without runs.",
+             "Per-seed values: what the seed-level test is made of, seeds in order: paired, each unit's contrast "
+             "Σ w·score (per stratum when there are strata); unpaired, each arm's per-seed scores."]
     notes += [f"{r.h.id}: {r.note}" for r in results if r.note and not r.missing]
     return Table("Hypotheses (pre-registered) and controls", COLUMNS, blocks, notes, False,
                  numeric=[], name="hypotheses")

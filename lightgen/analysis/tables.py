@@ -457,3 +457,62 @@ def _iterations_table(sweep: str, hist: pd.DataFrame, data: SweepData) -> Table:
     return Table(f"Ablation: {sweep} (GenEval vs training step)", list(rows.columns),
                  [Block(f"sweep {sweep}", rows)], notes + list(data.notes), sweep in data.partial_sweeps, numeric=numeric,
                  name=f"ablation_{sweep}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-seed scores: the units every seed-level test is made of
+# --------------------------------------------------------------------------------------------------
+SEED_COLUMNS = ["Point", "Seeds", "Overall by seed", "Held-out by seed"]
+
+
+def _by_seed(seeds: pd.Series, values: pd.Series) -> str:
+    """'0.517 / 0.562 / –' in the order of ``seeds`` (a missing value is '–')."""
+    order = np.argsort(seeds.to_numpy(dtype=float), kind="stable")
+    vals = values.to_numpy(dtype=float)[order]
+    return " / ".join("–" if not np.isfinite(v) else f"{v:.3f}" for v in vals)
+
+
+def build_seed_table(data: SweepData, points: pd.DataFrame) -> Table:
+    """Every run's own score, a row per point (per step for a sweep logged along training), seeds in order.
+
+    The means of the ablation tables and the seed-level tests of the hypotheses table are made of these
+    values: a reader can check a mean, a spread or a per-seed claim against them.
+    """
+    blocks = []
+    for sweep in sorted(points["sweep"].dropna().unique()):
+        pts = points[points["sweep"] == sweep]
+        history = _step_history(data, pts)
+        if history is not None:
+            wide = history.pivot_table(index=["step", "run_id"], columns="key", values="value", aggfunc="last")
+            seeds = data.runs.set_index("run_id")["seed"]
+            rows = []
+            for step, g in wide.groupby(level="step"):
+                s = pd.Series([seeds[r] for r in g.index.get_level_values("run_id")])
+                col = lambda k: (g[k] if k in g.columns else pd.Series(np.nan, index=g.index)).reset_index(drop=True)  # noqa: E731
+                rows.append({"Point": f"step {int(step)}", "Seeds": ", ".join(str(int(x)) for x in sorted(s)),
+                             "Overall by seed": _by_seed(s, col("geneval/overall")),
+                             "Held-out by seed": _by_seed(s, col("geneval_heldout/overall"))})
+            blocks.append(Block(f"sweep {sweep} (GenEval along training)", pd.DataFrame(rows, columns=SEED_COLUMNS),
+                                bold=False))
+            continue
+        knobs = _varying(pts)
+        pts = _sort_points(pts.assign(_arm=pts["arm"].fillna("")), ["_arm", *knobs])
+        runs = data.runs.set_index("run_id")
+        rows = []
+        for _, p in pts.iterrows():
+            grp = runs.loc[p["run_ids"]]
+            label = p["label"]
+            if label == p["point_id"]:   # the only point of its arm: name it by the sweep's knobs it sets
+                label = ", ".join(f"{knob_label(k)} {_fmt_knob(k, p[k])}" for k in knobs
+                                  if _fmt_knob(k, p[k]) not in ("–", "None")) or label
+            label = label if not isinstance(p["arm"], str) else f"{p['arm']}: {label}"
+            rows.append({"Point": label, "Seeds": ", ".join(str(int(x)) for x in sorted(grp["seed"])),
+                         "Overall by seed": _by_seed(grp["seed"], _metric(grp, "geneval/overall")),
+                         "Held-out by seed": _by_seed(grp["seed"], _metric(grp, "geneval_heldout/overall"))})
+        blocks.append(Block(f"sweep {sweep}", pd.DataFrame(rows, columns=SEED_COLUMNS), bold=False))
+    notes = ["Each run's own logged score (geneval/overall: the standard prompt set; geneval_heldout/overall: "
+             "the held-out prompts), three decimals, in the order of the seeds listed; '–': not logged by that "
+             "run. The ablation tables' cells are the means of these values, and the hypotheses' seed-level "
+             "tests are made of them (per prompt split and task as each hypothesis states)."]
+    return Table("Per-seed scores (the units of inference)", SEED_COLUMNS, blocks, notes + list(data.notes),
+                 data.partial, numeric=[], name="seeds")
