@@ -626,3 +626,8 @@ def test_seed_table_lists_every_runs_own_score_in_seed_order(store):
     assert "– / –" not in set(dpo["Overall by seed"])
     md = T.render(t, "markdown")
     assert "| Scale 200K | 0, 1 | 0.500 / 0.750 | – / – |" in md
+
+
+def test_a_knob_logged_as_unset_shows_as_a_dash():
+    assert T._fmt_knob("data.coverage", "None") == "–" and T._fmt_knob("data.coverage", None) == "–"
+    assert T._fmt_knob("data.coverage", 0.05) == "0.05" and T._fmt_knob("data.scale", 2000) == "2K"

@@ -172,7 +172,7 @@ def _ci(grp: pd.DataFrame, per_image: pd.DataFrame, n_boot: int, seed: int) -> t
 
 
 def _fmt_knob(k: str, v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "None":   # "None": logged as unset
         return "–"
     if k == "data.scale":
         return size_label(int(v))
@@ -504,7 +504,7 @@ def build_seed_table(data: SweepData, points: pd.DataFrame) -> Table:
             label = p["label"]
             if label == p["point_id"]:   # the only point of its arm: name it by the sweep's knobs it sets
                 label = ", ".join(f"{knob_label(k)} {_fmt_knob(k, p[k])}" for k in knobs
-                                  if _fmt_knob(k, p[k]) not in ("–", "None")) or label
+                                  if _fmt_knob(k, p[k]) != "–") or label
             label = label if not isinstance(p["arm"], str) else f"{p['arm']}: {label}"
             rows.append({"Point": label, "Seeds": ", ".join(str(int(x)) for x in sorted(grp["seed"])),
                          "Overall by seed": _by_seed(grp["seed"], _metric(grp, "geneval/overall")),
