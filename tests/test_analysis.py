@@ -108,7 +108,9 @@ def build(root: Path) -> StoreBuilder:
     for scale, label, ns in ((100_000, "100K", (1, 2)), (200_000, "200K", (2, 3)), (500_000, "500K", (4, 4))):
         for seed, n in enumerate(ns):
             m = metrics_for(n) | compute | {"compute/epochs": 1920 / (scale / 1000),
-                                            "data/vendi_caption": scale / 100_000}
+                                            "data/vendi_caption": scale / 100_000,
+                                            "data/trainable_coverage": min(1.0, scale / 500_000 + 0.1 * seed),
+                                            "data/repetition": scale / 10_000}
             b.trial("data-scale", p, f"scale{label}", seed,
                     {"data.scale": scale, "data.scale_label": label, "data.actual_size": scale // 1000},
                     m, records(n))
@@ -326,6 +328,9 @@ def test_ablation_table_exact_cells_and_paired_tests(scale_data, scale_points):
     assert cells(t, "p (same models, same prompts)")[1:] == [round(2 / 4096, 4)] * 2
     assert cells(t, "p (Holm, same models, same prompts)")[1:] == [round(4 / 4096, 4)] * 2
     assert cells(t, "vs")[1:] == ["Scale 100K", "Scale 200K"] and not t.partial
+    # what each point's data realised, the mean over its seeds' datasets (seed 1's coverage is 0.1 higher)
+    assert cells(t, "Realised coverage") == [0.25, 0.45, 1.0] and cells(t, "Items per composition") == [10, 20, 50]
+    assert any("Realised coverage:" in n for n in t.notes)
     md = T.render(t, "markdown")
     assert "| 500K | 2 | **1.00** | [1.00, 1.00] |" in md
 
@@ -400,7 +405,9 @@ def test_other_curves_data(store, scale_data):
     assert seen["compute/samples_seen"].unique().tolist() == [1920] and seen["scale"].nunique() == 3
     assert C.mean_by(seen, ["epochs"])["epochs"].tolist() == [3.84, 9.6, 19.2]
     measured = C.plot_vs_measured_diversity(scale_data, draw=False)
-    assert C.mean_by(measured, ["measured"])["measured"].tolist() == [1.0, 2.0, 5.0]
+    vendi = measured[measured["measure"] == "vendi_caption"]
+    assert C.mean_by(vendi, ["measured"])["measured"].tolist() == [1.0, 2.0, 5.0]
+    assert {"vendi_caption", "trainable_coverage", "repetition"} <= set(measured["measure"])
     it = C.plot_vs_iterations(load_sweep(store.uri, sweep="iterations"), draw=False)
     m = C.mean_by(it[it["metric"] == "Overall"], ["iteration"])
     assert m["iteration"].tolist() == [20, 40, 60] and m["mean"].tolist() == [0.375, 0.625, 0.875]

@@ -60,7 +60,7 @@ def _cell(v, col: str) -> str:
             return f"{v:+.3f}"
         if col in ("p", "p (Holm)"):
             return f"{v:.3f}"
-        if col in ("Epochs", "Device h"):
+        if col in ("Epochs", "Device h", "Items per composition"):
             return f"{v:.3g}"
         return f"{v:.2f}"
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -55,6 +55,11 @@ SPLIT_NOTE = ("In-train / Novel / Held-out: prompts all of whose compositions oc
               "(stated by a caption and shown by its scene) / that use a composition absent from this run's data "
               "but not held out globally / that use a composition held out of every training set (toy prompt sets; "
               "metrics geneval_intrain/…, geneval_novel/…, geneval_heldout/…).")
+# Per-dataset numbers shown beside a point's scores (means over its seeds' datasets; lightgen.data.compositions)
+DATA_COLUMNS = (("data/trainable_coverage", "Realised coverage", 2), ("data/repetition", "Items per composition", 1))
+DATA_NOTE = ("Realised coverage: the share of the world's trainable compositions that the run's training items "
+             "both state and show; Items per composition: training items per realised composition (means over "
+             "the seeds' datasets; metrics data/trainable_coverage, data/repetition).")
 EXTRA = "param:"   # prefix of point columns holding other params that distinguish points
 
 
@@ -353,6 +358,9 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
     cols["CI (95%)"] = [_ci_text(lo, hi) for lo, hi in zip(pts["ci_low"], pts["ci_high"])]
     for prefix in SPLIT_PREFIXES:
         cols[SPLIT_LABELS[prefix]] = pts[f"{prefix}/overall"].round(4).to_numpy()
+    for key, label, digits in DATA_COLUMNS:   # what the run's data realised (logged with its dataset)
+        if key in pts.columns and pts[key].notna().any():
+            cols[label] = pts[key].round(digits).to_numpy()
     if pts["geneval_before/overall"].notna().any():
         cols["Before DPO"] = pts["geneval_before/overall"].round(4).to_numpy()
     for t in PAPER_TASK_ORDER:
@@ -378,6 +386,8 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
              "It asks whether these trained models differ, not whether the training procedures do; the "
              "confirmatory, seed-level tests are in the hypotheses table (H1–H4).",
              SPLIT_NOTE]
+    if any(label in cols for _, label, _ in DATA_COLUMNS):
+        notes.append(DATA_NOTE)
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
     numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
