@@ -130,7 +130,8 @@ def build(root: Path) -> StoreBuilder:
     for point, params, ns in (("sft", {"dpo.mode": "sft"}, (2, 2)), ("b1000", {"dpo.beta": 1000.0}, (3, 3)),
                               ("b5000", {"dpo.beta": 5000.0}, (4, 3))):
         for seed, n in enumerate(ns):
-            b.trial("dpo-beta", p, point, seed, params, metrics_for(n) | before, records(n))
+            dstats = {"dpo/abs_margin": 0.002 * (1 + seed), "dpo/reward_accuracy": 0.5 + 0.25 * seed}
+            b.trial("dpo-beta", p, point, seed, params, metrics_for(n) | before | dstats, records(n))
     base = b.trial("dpo-beta", p, "base", 0, {}, metrics_for(1), None)      # the sweep's base run: no point
     b.client.set_tag(base, "lightgen.kind", "base")
     # iterations: step-indexed history, no results
@@ -344,6 +345,11 @@ def test_dpo_table_compares_each_beta_to_the_sft_arm(store):
     assert cells(t, "Before DPO") == [0.25] * 3
     assert cells(t, "vs")[1:] == ["Mode sft", "Mode sft"]
     assert cells(t, "Δ Overall")[1:] == [0.25, 0.375]
+    # did β act: the margin the runs reached (means over seeds) times β; β means nothing in the SFT arm
+    assert cells(t, "Abs. margin") == pytest.approx([0.003] * 3) and cells(t, "Reward acc.") == [0.625] * 3
+    bm = cells(t, "β × abs. margin")
+    assert np.isnan(bm[0]) and bm[1:] == pytest.approx([3.0, 15.0])
+    assert "| sft | – | 2 |" in T.render(t) and any(n.startswith("Abs. margin:") for n in t.notes)
 
 
 def test_partial_and_iterations_tables(store):

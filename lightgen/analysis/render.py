@@ -60,7 +60,7 @@ def _cell(v, col: str) -> str:
             return f"{v:+.3f}"
         if col in ("p", "p (Holm)"):
             return f"{v:.3f}"
-        if col in ("Epochs", "Device h", "Items per composition"):
+        if col in ("Epochs", "Device h", "Items per composition", "Abs. margin", "β × abs. margin"):
             return f"{v:.3g}"
         return f"{v:.2f}"
     if v is None or (isinstance(v, float) and math.isnan(v)):

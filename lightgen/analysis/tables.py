@@ -60,6 +60,9 @@ DATA_COLUMNS = (("data/trainable_coverage", "Realised coverage", 2), ("data/repe
 DATA_NOTE = ("Realised coverage: the share of the world's trainable compositions that the run's training items "
              "both state and show; Items per composition: training items per realised composition (means over "
              "the seeds' datasets; metrics data/trainable_coverage, data/repetition).")
+DPO_NOTE = ("Abs. margin: the mean |Δ_l − Δ_w| of the last logged DPO batch (dpo/abs_margin), means over seeds; "
+            "β acts once β × abs. margin reaches about 1 (below it every β trains alike: lightgen/train/dpo.py); "
+            "Reward acc.: the share of that batch's pairs with a positive margin (dpo/reward_accuracy).")
 EXTRA = "param:"   # prefix of point columns holding other params that distinguish points
 
 
@@ -147,7 +150,7 @@ def point_summary(data: SweepData, n_boot: int = 1000, seed: int = 0) -> pd.Data
                   "model/params", "model/n_params"):
             row[k] = _metric(grp, k).mean()
         for c in grp.columns:
-            if c.startswith("metrics.data/"):
+            if c.startswith("metrics.data/") or c.startswith("metrics.dpo/"):
                 row[c[len("metrics."):]] = grp[c].astype(float).mean()
         per_image = results[results["run_id"].isin(grp["run_id"])] if len(results) else results
         row["ci_low"], row["ci_high"], row["ci_method"] = _ci(grp, per_image, n_boot, seed)
@@ -363,6 +366,14 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
             cols[label] = pts[key].round(digits).to_numpy()
     if pts["geneval_before/overall"].notna().any():
         cols["Before DPO"] = pts["geneval_before/overall"].round(4).to_numpy()
+    if "dpo/abs_margin" in pts.columns and pts["dpo/abs_margin"].notna().any():
+        # did β act? it does once β·|m| reaches ~1 (lightgen/train/dpo.py); the SFT arm has no β
+        dpo_rows = (pts["dpo.mode"] != "sft").to_numpy() if "dpo.mode" in pts.columns else np.ones(len(pts), bool)
+        beta = pd.to_numeric(pts.get("dpo.beta"), errors="coerce").to_numpy(dtype=float)
+        cols["Abs. margin"] = pts["dpo/abs_margin"].to_numpy(dtype=float)
+        cols["β × abs. margin"] = np.where(dpo_rows, beta * cols["Abs. margin"], np.nan)
+        if "dpo/reward_accuracy" in pts.columns:
+            cols["Reward acc."] = pts["dpo/reward_accuracy"].round(4).to_numpy()
     for t in PAPER_TASK_ORDER:
         cols[TASK_LABELS[t]] = pts[f"geneval/{t}"].round(4).to_numpy()
         if per_task_split:
@@ -388,6 +399,8 @@ def build_ablation_table(data: SweepData, sweep: str, points: pd.DataFrame, n_re
              SPLIT_NOTE]
     if any(label in cols for _, label, _ in DATA_COLUMNS):
         notes.append(DATA_NOTE)
+    if "Abs. margin" in cols:
+        notes.append(DPO_NOTE)
     if not len(results):
         notes.append("No per-image results were loaded: no paired tests; CIs from seeds or logged values.")
     numeric = ["Overall", *SPLIT_LABELS.values()] + [TASK_LABELS[t] for t in PAPER_TASK_ORDER]
