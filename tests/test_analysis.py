@@ -448,6 +448,7 @@ def test_make_tables_script(store, tmp_path, capsys):
     assert rc == 0
     text = out.read_text()
     assert "### Table 1: GenEval at 256×256" in text and "### Ablation: data-scale" in text
+    assert "### Per-seed scores (the units of inference)" in text and "| Scale 100K | 0, 1 | 0.250 / 0.500 |" in text
     rid = load_sweep(store.uri, sweep="data-scale").parent_run_id("data-scale")
     logged = {a.path for a in store.client.list_artifacts(rid, "analysis")}
     assert {"analysis/tables.md", "analysis/ablation_data-scale.json", "analysis/table3.json"} <= logged
