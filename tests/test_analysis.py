@@ -645,3 +645,28 @@ def test_seed_table_lists_every_runs_own_score_in_seed_order(store):
 def test_a_knob_logged_as_unset_shows_as_a_dash():
     assert T._fmt_knob("data.coverage", "None") == "–" and T._fmt_knob("data.coverage", None) == "–"
     assert T._fmt_knob("data.coverage", 0.05) == "0.05" and T._fmt_knob("data.scale", 2000) == "2K"
+
+
+def test_heatmap_takes_the_grid_row_another_arm_ran(tmp_path):
+    """cpu preset of caption-diversity: the grid's 250 row is planned once, under the diversity arm."""
+    rows = []
+    spec = [("grid", 500, {"params.data.caption_diversity": "0.0"}, 0.40),
+            ("grid", 500, {"params.data.caption_diversity": "1.0"}, 0.50),
+            ("grid", 2000, {"params.data.caption_diversity": "0.0"}, 0.42),
+            ("grid", 2000, {"params.data.caption_diversity": "1.0"}, 0.54),
+            ("div", 250, {"params.data.caption_diversity": "0.0"}, 0.30),
+            ("div", 250, {"params.data.caption_diversity": "0.5"}, 0.35),      # not a diversity of the grid
+            ("div", 250, {"params.data.caption_diversity": "1.0"}, 0.52),
+            ("cov", 250, {"params.data.coverage": "0.5"}, 0.9),                 # another knob set: not a cell
+            ("long", 250, {"params.data.caption_diversity": "1.0", "params.train.iterations": "6000"}, 0.9)]
+    for i, (arm, scale, params, overall) in enumerate(spec):
+        rows.append({"run_id": f"r{i}", "experiment": "lightgen/cd", "status": "FINISHED",
+                     "start_time": pd.Timestamp(1_700_000_000 + 10 * i, unit="s", tz="UTC"),
+                     "tags.lightgen.kind": "trial", "tags.lightgen.sweep": "cd", "tags.lightgen.arm": arm,
+                     "tags.lightgen.point_id": f"p{i}", "tags.lightgen.seed": "0", "params.data.scale": str(scale),
+                     "params.data.caption_diversity": "1.0", "params.train.iterations": "3000",
+                     **params, "metrics.geneval/overall": overall})
+    data = load_sweep(bundle=write_bundle(pd.DataFrame(rows), None, None, tmp_path / "cd"))
+    df = C.plot_scale_diversity_heatmap(data, draw=False).set_index(["data.scale", "diversity"])["mean"]
+    assert df.to_dict() == pytest.approx({(250, 0.0): 0.30, (250, 1.0): 0.52, (500, 0.0): 0.40, (500, 1.0): 0.50,
+                                          (2000, 0.0): 0.42, (2000, 1.0): 0.54})

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -231,12 +232,36 @@ def _facets(df: pd.DataFrame, out_dir: Any, name: str, formats: Any, labels: tup
     return _finish(df, g.figure, out_dir, name, formats)
 
 
+def _on_the_grid(df: pd.DataFrame, grid: pd.DataFrame) -> pd.DataFrame:
+    """The grid arms' runs plus the runs of other arms of the same sweep that are cells of the grid: one of the
+    grid's diversity values and every other knob as in the grid, at any scale (a sweep plans a config once,
+    so a grid row that another arm also asks for, e.g. the diversity arm's row at one scale, is run, and
+    tagged, under that arm only)."""
+    if grid.empty:
+        return grid
+    def key(col: pd.Series) -> pd.Series:   # comparable text, an unset knob ("None", NaN) as ""
+        return col.map(lambda v: "" if v is None or v == "None" or (isinstance(v, float) and np.isnan(v)) else str(v))
+
+    others = [k for k in ("train.iterations", "train.batch_size", *DIVERSITY_KNOBS)
+              if k != "data.caption_diversity" and k in grid.columns]
+    fixed = {k: key(grid[k]).iloc[0] for k in others if key(grid[k]).nunique() == 1}
+    if len(fixed) < len(others):
+        return grid                   # the grid itself varies another knob: no cell is well defined outside it
+    divs = set(key(grid["data.caption_diversity"]))
+    cand = df[df["sweep"].isin(set(grid["sweep"])) & ~df["arm"].isin(set(grid["arm"]))
+              & ~df["run_id"].isin(set(grid["run_id"]))]
+    on = key(cand["data.caption_diversity"]).isin(divs) & cand["data.scale"].notna()
+    for k, v in fixed.items():
+        on &= key(cand[k]) == v
+    return pd.concat([grid, cand[on]], ignore_index=True)
+
+
 def plot_scale_diversity_heatmap(data: SweepData, out_dir=None, formats=FORMATS, draw: bool = True) -> pd.DataFrame:
     """Mean GenEval overall on the data scale × caption diversity grid: does diversity beat volume?"""
     df = run_scores(data, ("overall",))
     if df.empty:
         return _skip("no GenEval scores")
-    df = _arms_varying(df, ["data.scale", "data.caption_diversity"])
+    df = _on_the_grid(df, _arms_varying(df, ["data.scale", "data.caption_diversity"]))
     div = pd.to_numeric(df["data.caption_diversity"], errors="coerce")
     if df.empty or df["data.scale"].nunique() < 2 or div.nunique() < 2:
         return _skip("needs a grid with two or more data scales and two or more caption diversities")
