@@ -135,7 +135,9 @@ def tracked_run(
     """Start (or resume) a run with the studio's params/tags; end it FINISHED, FAILED or KILLED.
 
     An exception marks the run FAILED (with the reason in tag ``lightgen.failure``); Ctrl-C, SIGTERM or a
-    ``SystemExit`` (submitit's pre-emption handler requeues the Slurm job, then exits) marks it KILLED. Nothing is ever left RUNNING by a Python-level exit.
+    ``SystemExit`` (submitit's pre-emption handler requeues the Slurm job, then exits) marks it KILLED, and so
+    does a context abandoned without an outcome (``GeneratorExit``: an interrupt that landed inside the
+    ``with`` machinery itself). Nothing is ever left RUNNING by a Python-level exit.
     """
     from mlflow.tracking import MlflowClient
 
@@ -191,6 +193,11 @@ def tracked_run(
         yield tracker
     except KeyboardInterrupt:
         _safe_end(tracker, "KILLED", "interrupted")
+        raise
+    except GeneratorExit:
+        # closed without an outcome: the with-block never finished entering or leaving, as when Ctrl-C or
+        # SIGTERM lands inside contextlib's own frames; the run was stopped, it did not fail
+        _safe_end(tracker, "KILLED", "interrupted (the run's context was abandoned)")
         raise
     except SystemExit as e:  # stopped from outside (pre-emption, requeue): the run did not fail
         _safe_end(tracker, "KILLED", f"exited (SystemExit {e.code}): pre-empted or requeued")
