@@ -501,26 +501,27 @@ def build_seed_table(data: SweepData, points: pd.DataFrame) -> Table:
     The means of the ablation tables and the seed-level tests of the hypotheses table are made of these
     values: a reader can check a mean, a spread or a per-seed claim against them.
     """
+    def row(point: str, seeds: pd.Series, overall: pd.Series, heldout: pd.Series) -> dict[str, str]:
+        return {"Point": point, "Seeds": ", ".join(str(int(x)) for x in sorted(seeds)),
+                "Overall by seed": _by_seed(seeds, overall), "Held-out by seed": _by_seed(seeds, heldout)}
+
+    runs = data.runs.set_index("run_id")
     blocks = []
     for sweep in sorted(points["sweep"].dropna().unique()):
         pts = points[points["sweep"] == sweep]
         history = _step_history(data, pts)
-        if history is not None:
-            wide = history.pivot_table(index=["step", "run_id"], columns="key", values="value", aggfunc="last")
-            seeds = data.runs.set_index("run_id")["seed"]
+        if history is not None:   # one point (``_step_history``): a run per seed at each step
+            wide = history.pivot_table(index=["step", "seed"], columns="key", values="value", aggfunc="last")
             rows = []
             for step, g in wide.groupby(level="step"):
-                s = pd.Series([seeds[r] for r in g.index.get_level_values("run_id")])
-                col = lambda k: (g[k] if k in g.columns else pd.Series(np.nan, index=g.index)).reset_index(drop=True)  # noqa: E731
-                rows.append({"Point": f"step {int(step)}", "Seeds": ", ".join(str(int(x)) for x in sorted(s)),
-                             "Overall by seed": _by_seed(s, col("geneval/overall")),
-                             "Held-out by seed": _by_seed(s, col("geneval_heldout/overall"))})
+                g = g.reset_index()
+                col = lambda k: g[k] if k in g.columns else pd.Series(np.nan, index=g.index)  # noqa: E731
+                rows.append(row(f"step {int(step)}", g["seed"], col("geneval/overall"), col("geneval_heldout/overall")))
             blocks.append(Block(f"sweep {sweep} (GenEval along training)", pd.DataFrame(rows, columns=SEED_COLUMNS),
                                 bold=False))
             continue
         knobs = _varying(pts)
         pts = _sort_points(pts.assign(_arm=pts["arm"].fillna("")), ["_arm", *knobs])
-        runs = data.runs.set_index("run_id")
         rows = []
         for _, p in pts.iterrows():
             grp = runs.loc[p["run_ids"]]
@@ -529,9 +530,7 @@ def build_seed_table(data: SweepData, points: pd.DataFrame) -> Table:
                 label = ", ".join(f"{knob_label(k)} {_fmt_knob(k, p[k])}" for k in knobs
                                   if _fmt_knob(k, p[k]) != "–") or label
             label = label if not isinstance(p["arm"], str) else f"{p['arm']}: {label}"
-            rows.append({"Point": label, "Seeds": ", ".join(str(int(x)) for x in sorted(grp["seed"])),
-                         "Overall by seed": _by_seed(grp["seed"], _metric(grp, "geneval/overall")),
-                         "Held-out by seed": _by_seed(grp["seed"], _metric(grp, "geneval_heldout/overall"))})
+            rows.append(row(label, grp["seed"], _metric(grp, "geneval/overall"), _metric(grp, "geneval_heldout/overall")))
         blocks.append(Block(f"sweep {sweep}", pd.DataFrame(rows, columns=SEED_COLUMNS), bold=False))
     notes = ["Each run's own logged score (geneval/overall: the standard prompt set; geneval_heldout/overall: "
              "the held-out prompts), three decimals, in the order of the seeds listed; '–': not logged by that "
